@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job: installs what is missing, builds, prepares the King James corpus and
+# trains the default recipe (the byte-level Transformer; on CUDA when a device is
+# visible, else the CPU-sized variant).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+scripts/build.sh
+build/strata prepare bible_kjv
+if build/strata info --has-cuda >/dev/null 2>&1; then
+  build/strata train recipes/transformer/kjv-gpu.yaml "$@"
+else
+  build/strata train recipes/transformer/kjv-cpu.yaml "$@"
+fi
