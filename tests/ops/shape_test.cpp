@@ -116,3 +116,76 @@ TEST_CASE("concat and split are inverse along any dim") {
   CHECK_THROWS_WITH_AS(ops::concat({}, 0), doctest::Contains("concat: no tensors"), Error);
   CHECK_THROWS_WITH_AS(ops::split(a, {1, 1}, 1), doctest::Contains("add up to 2, but dim 1"), Error);
 }
+
+// ---- gradients (finite differences in float64) -------------------------------------
+
+namespace {
+Tensor leaf(const Shape& shape, uint64_t seed) { return testing::random(shape, seed).set_requires_grad(true); }
+}  // namespace
+
+TEST_CASE("reshape gradients on the view and the copy path") {
+  Tensor x = leaf({2, 3, 4}, 1);
+  testing::check_gradients([](const std::vector<Tensor>& in) { return ops::reshape(in[0], {4, -1}); }, {x});
+  testing::check_gradients(
+      [](const std::vector<Tensor>& in) { return ops::reshape(ops::transpose(in[0], 0, 1), {6, 4}); }, {x});
+  testing::check_gradients([](const std::vector<Tensor>& in) { return ops::reshape(in[0], {1, 24, 1}); }, {x});
+}
+
+TEST_CASE("permute, transpose, unsqueeze, squeeze and contiguous gradients") {
+  Tensor x = leaf({2, 3, 4}, 2);
+  testing::check_gradients([](const std::vector<Tensor>& in) { return ops::permute(in[0], {1, 2, 0}); }, {x});
+  testing::check_gradients([](const std::vector<Tensor>& in) { return ops::transpose(in[0], -1, 0); }, {x});
+  testing::check_gradients(
+      [](const std::vector<Tensor>& in) { return ops::contiguous(ops::permute(in[0], {2, 0, 1})); }, {x});
+  Tensor y = leaf({3, 1, 2}, 3);
+  testing::check_gradients([](const std::vector<Tensor>& in) { return ops::squeeze(in[0], 1); }, {y});
+  testing::check_gradients([](const std::vector<Tensor>& in) { return ops::unsqueeze(in[0], -1); }, {y});
+}
+
+TEST_CASE("slice gradients: steps, negative bounds, non-contiguous input") {
+  Tensor x = leaf({4, 7}, 4);
+  testing::check_gradients([](const std::vector<Tensor>& in) { return ops::slice(in[0], 1, 1, -1, 2); }, {x});
+  testing::check_gradients([](const std::vector<Tensor>& in) { return ops::slice(in[0], 0, -2, 10); }, {x});
+  testing::check_gradients(
+      [](const std::vector<Tensor>& in) { return ops::slice(ops::transpose(in[0], 0, 1), 0, 2, 5); }, {x});
+}
+
+TEST_CASE("expand gradients sum over broadcast and new dims") {
+  Tensor x = leaf({3, 1}, 5);
+  testing::check_gradients([](const std::vector<Tensor>& in) { return ops::expand(in[0], {2, 3, 4}); }, {x});
+  Tensor one = leaf({1}, 6);
+  testing::check_gradients([](const std::vector<Tensor>& in) { return ops::expand(in[0], {5}); }, {one});
+}
+
+TEST_CASE("cast gradients cast back") {
+  Tensor x = leaf({3, 2}, 7);
+  // The float32 round trip rounds x to 24 bits, so the differences need a wider step.
+  testing::check_gradients(
+      [](const std::vector<Tensor>& in) {
+        Tensor narrow = ops::cast(in[0], DType::Float32);
+        CHECK(narrow.dtype() == DType::Float32);
+        return ops::cast(narrow, DType::Float64);
+      },
+      {x}, 1e-3, 1e-4);
+}
+
+TEST_CASE("concat and split gradients along several dims") {
+  Tensor a = leaf({2, 3}, 8), b = leaf({2, 1}, 9), c = leaf({2, 2}, 10);
+  for (int dim : {1, -1})
+    testing::check_gradients([dim](const std::vector<Tensor>& in) { return ops::concat(in, dim); }, {a, b, c});
+  Tensor d = leaf({1, 3}, 11);
+  Tensor constant = testing::random({3, 3}, 12);  // needs no gradient
+  testing::check_gradients([&](const std::vector<Tensor>& in) { return ops::concat({in[0], constant, in[1]}, 0); },
+                           {a, d});
+
+  Tensor x = leaf({2, 6, 3}, 13);
+  // The middle part is unused: its gradient is the zeros the engine provides.
+  testing::check_gradients(
+      [](const std::vector<Tensor>& in) {
+        std::vector<Tensor> parts = ops::split(in[0], {2, 1, 3}, 1);
+        return ops::concat({parts[2], parts[0]}, 1);
+      },
+      {x});
+  testing::check_gradients(
+      [](const std::vector<Tensor>& in) { return ops::split(ops::transpose(in[0], 0, 2), {1, 2}, 0)[1]; }, {x});
+}
