@@ -6,20 +6,9 @@
 
 namespace strata::core_kernels {
 
-namespace {
-bool is_dense(const StridedView& v) {
-  int64_t expected = 1;
-  for (int d = v.ndim - 1; d >= 0; --d) {
-    if (v.shape[d] != 1 && v.strides[d] != expected) return false;
-    expected *= v.shape[d];
-  }
-  return true;
-}
-}  // namespace
-
 void copy_cpu(const StridedView& dst, const StridedView& src) {
   int64_t n = dst.numel();
-  if (dst.dtype == src.dtype && is_dense(dst) && is_dense(src)) {
+  if (dst.dtype == src.dtype && dst.is_dense() && src.is_dense()) {
     std::memcpy(dst.data, src.data, static_cast<size_t>(n) * dtype_size(dst.dtype));
     return;
   }

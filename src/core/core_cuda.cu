@@ -118,6 +118,11 @@ void cuda_memcpy_to_device(void* dst, const void* src, size_t nbytes, int device
 
 void copy_cuda(const StridedView& dst, const StridedView& src) {
   int64_t n = dst.numel();
+  if (dst.dtype == src.dtype && dst.is_dense() && src.is_dense()) {
+    STRATA_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, static_cast<size_t>(n) * dtype_size(dst.dtype),
+                                      cudaMemcpyDeviceToDevice, cuda::stream()));
+    return;
+  }
   copy_kernel<<<blocks_for(n, 256), 256, 0, cuda::stream()>>>(dst, src, n);
   STRATA_CUDA_CHECK_LAUNCH("copy_kernel");
 }
@@ -132,6 +137,21 @@ void random_cuda(const StridedView& dst, RandomKind kind, double a, double b, ui
   int64_t n = dst.numel();
   random_kernel<<<blocks_for(n, 256), 256, 0, cuda::stream()>>>(dst, kind, a, b, seed, offset, n);
   STRATA_CUDA_CHECK_LAUNCH("random_kernel");
+}
+
+double cuda_time_ms(const std::function<void()>& work, int iterations) {
+  cudaEvent_t start, stop;
+  STRATA_CUDA_CHECK(cudaEventCreate(&start));
+  STRATA_CUDA_CHECK(cudaEventCreate(&stop));
+  STRATA_CUDA_CHECK(cudaEventRecord(start, cuda::stream()));
+  for (int i = 0; i < iterations; ++i) work();
+  STRATA_CUDA_CHECK(cudaEventRecord(stop, cuda::stream()));
+  STRATA_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  STRATA_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms / iterations;
 }
 
 }  // namespace core_kernels

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "strata/core/dtype.h"
 
@@ -20,6 +21,15 @@ struct StridedView {
     int64_t n = 1;
     for (int d = 0; d < ndim; ++d) n *= shape[d];
     return n;
+  }
+  // Row-major contiguous (size-1 dims may have any stride).
+  bool is_dense() const {
+    int64_t expected = 1;
+    for (int d = ndim - 1; d >= 0; --d) {
+      if (shape[d] != 1 && strides[d] != expected) return false;
+      expected *= shape[d];
+    }
+    return true;
   }
 };
 
@@ -41,6 +51,8 @@ void cuda_free(void* pointer, int device);
 void cuda_memcpy_to_host(void* dst, const void* src, size_t nbytes, int device);  // synchronous
 void cuda_memcpy_to_device(void* dst, const void* src, size_t nbytes, int device);
 int cuda_count_devices();
+// Mean milliseconds of `work` over `iterations`, measured with events on the Strata stream.
+double cuda_time_ms(const std::function<void()>& work, int iterations);
 #endif
 
 }  // namespace strata::core_kernels
