@@ -57,6 +57,10 @@ TEST_CASE("gather and scatter_add gradients with repeated indices") {
   Tensor x = leaf({3, 4, 2}, 22);
   Tensor index = ids32({0, 0, 3, 3, 1, 1, 0, 2, 2, 2, 3, 0, 1, 1, 1, 0, 3, 2}, {3, 3, 2});
   testing::check_gradients([&](const std::vector<Tensor>& in) { return ops::gather(in[0], 1, index); }, {x});
+  // Non-contiguous input: the (4, 3, 2) transpose, picking one of the two entries of its last dim.
+  Tensor along_last = ids64({1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 1, 1}, {4, 3, 1});
+  testing::check_gradients(
+      [&](const std::vector<Tensor>& in) { return ops::gather(ops::transpose(in[0], 0, 1), 2, along_last); }, {x});
 
   Tensor src = leaf({3, 3, 2}, 23);
   testing::check_gradients([&](const std::vector<Tensor>& in) { return ops::scatter_add(in[0], 1, index, in[1]); },
