@@ -4,7 +4,8 @@
 // neighbours reduces one run of dims at a time, innermost first, keeping float32
 // intermediates for bfloat16. Backward: sum and mean spread the gradient back over
 // the reduced dims; max routes it to the first maximum (its index is saved);
-// logsumexp multiplies it by softmax(x) = exp(x - out) (x and out are saved).
+// logsumexp multiplies it by softmax(x) = exp(x - out) (x and out are saved, out
+// in float32 for bfloat16 inputs).
 #include <algorithm>
 
 #include "kernels/reduction/reduction_cpu.h"
@@ -211,23 +212,28 @@ Tensor logsumexp(const Tensor& a, int dim, bool keepdim) {
   Folded f = fold(a.shape(), d);
   Tensor x = a.contiguous();
   Shape keepdim_shape = reduced_shape(a.shape(), reduced, true);
-  Tensor out = Tensor::empty(keepdim_shape, a.dtype(), a.device());
+  // bfloat16 keeps its result in float32 for the backward: exp(x - out) with out
+  // rounded to 8 bits would be off by up to 2^-6 (relative) at |x - out| ~ 8.
+  DType exact_dtype = a.dtype() == DType::BFloat16 ? DType::Float32 : a.dtype();
+  Tensor exact = Tensor::empty(keepdim_shape, exact_dtype, a.device());
   bool supported = false;
   if (a.device().is_cpu()) {
-    supported = kernels::logsumexp_cpu(a.dtype(), x.data_ptr(), out.data_ptr(), f.outer, f.reduce, f.inner);
+    supported = kernels::logsumexp_cpu(a.dtype(), x.data_ptr(), exact.data_ptr(), f.outer, f.reduce, f.inner);
   } else {
 #ifdef STRATA_WITH_CUDA
-    supported = kernels::logsumexp_cuda(a.dtype(), x.data_ptr(), out.data_ptr(), f.outer, f.reduce, f.inner);
+    supported = kernels::logsumexp_cuda(a.dtype(), x.data_ptr(), exact_dtype, exact.data_ptr(), f.outer, f.reduce,
+                                        f.inner);
 #endif
   }
   STRATA_CHECK(supported, "logsumexp: no kernel for {}", a.str());
-  Tensor saved_x = x.detach(), saved_out = out.detach();
-  out = out.view(reduced_shape(a.shape(), reduced, keepdim));
-  // d logsumexp / dx = exp(x - logsumexp(x)) = softmax(x) along dim.
-  autograd::record("logsumexp", {a}, out, [saved_x, saved_out, keepdim_shape](const Tensor& grad) {
-    Tensor grad_kept = grad.contiguous().view(keepdim_shape);
-    return std::vector<Tensor>{mul(exp(sub(saved_x, saved_out)), grad_kept)};
-  });
+  Tensor out = exact.to(a.dtype()).view(reduced_shape(a.shape(), reduced, keepdim));
+  // d logsumexp / dx = exp(x - logsumexp(x)) = softmax(x) along dim, in exact_dtype.
+  autograd::record("logsumexp", {a}, out,
+                   [saved_x = x.detach(), saved_exact = exact.detach(), keepdim_shape](const Tensor& grad) {
+                     Tensor grad_kept = grad.contiguous().view(keepdim_shape).to(saved_exact.dtype());
+                     Tensor softmax = exp(sub(saved_x.to(saved_exact.dtype()), saved_exact));
+                     return std::vector<Tensor>{mul(softmax, grad_kept).to(saved_x.dtype())};
+                   });
   return out;
 }
 

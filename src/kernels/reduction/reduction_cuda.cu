@@ -299,15 +299,21 @@ bool max_cuda(DType dtype, const void* in, void* values, int64_t* indices, int64
   return true;
 }
 
-bool logsumexp_cuda(DType dtype, const void* in, void* out, int64_t outer, int64_t reduce, int64_t inner) {
-  if (!is_cuda_float(dtype)) return false;
-  if (outer * inner == 0) return true;
-  if (dtype == DType::Float32)
+bool logsumexp_cuda(DType in_dtype, const void* in, DType out_dtype, void* out, int64_t outer, int64_t reduce,
+                    int64_t inner) {
+  if (outer * inner == 0) return is_cuda_float(in_dtype) && is_cuda_float(out_dtype);
+  if (in_dtype == DType::Float32 && out_dtype == DType::Float32) {
     launch_reduce<LogSumExpReducer<float>, float>(in, outer, reduce, inner, 1,
                                                   LogSumExpReducer<float>{static_cast<float*>(out)});
-  else
+  } else if (in_dtype == DType::BFloat16 && out_dtype == DType::Float32) {
+    launch_reduce<LogSumExpReducer<float>, __nv_bfloat16>(in, outer, reduce, inner, 1,
+                                                          LogSumExpReducer<float>{static_cast<float*>(out)});
+  } else if (in_dtype == DType::BFloat16 && out_dtype == DType::BFloat16) {
     launch_reduce<LogSumExpReducer<__nv_bfloat16>, __nv_bfloat16>(
         in, outer, reduce, inner, 1, LogSumExpReducer<__nv_bfloat16>{static_cast<__nv_bfloat16*>(out)});
+  } else {
+    return false;
+  }
   return true;
 }
 

@@ -18,7 +18,10 @@ bool sum_cuda(DType in_dtype, const void* in, DType out_dtype, void* out, int64_
 // values = max over the reduced axis (NaN wins); indices = position of its first occurrence.
 bool max_cuda(DType dtype, const void* in, void* values, int64_t* indices, int64_t outer, int64_t reduce,
               int64_t inner);
-bool logsumexp_cuda(DType dtype, const void* in, void* out, int64_t outer, int64_t reduce, int64_t inner);
+// out = log(sum(exp(x))) over the reduced axis. (in, out) dtypes: float32 -> float32,
+// bfloat16 -> bfloat16 or float32 (the float32 result keeps what the backward needs).
+bool logsumexp_cuda(DType in_dtype, const void* in, DType out_dtype, void* out, int64_t outer, int64_t reduce,
+                    int64_t inner);
 // grad_in (outer, reduce, inner) = grad_out at the position indices names, zero elsewhere.
 bool max_backward_cuda(DType dtype, const void* grad_out, const int64_t* indices, void* grad_in, int64_t outer,
                        int64_t reduce, int64_t inner);
