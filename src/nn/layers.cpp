@@ -59,9 +59,7 @@ LayerNorm::LayerNorm(int64_t dim, double eps, bool affine) : dim_(dim), eps_(eps
 Tensor LayerNorm::forward(const Tensor& x) const {
   check_last_dim("LayerNorm", x, dim_);
   if (affine_) return ops::layer_norm(x, parameter("weight"), parameter("bias"), eps_);
-  // The fused op wants a weight and a bias; constants of dim elements keep it fused.
-  return ops::layer_norm(x, Tensor::ones({dim_}, x.dtype(), x.device()), Tensor::zeros({dim_}, x.dtype(), x.device()),
-                         eps_);
+  return ops::layer_norm(x, Tensor(), Tensor(), eps_);  // undefined: no scale, no shift
 }
 
 RMSNorm::RMSNorm(int64_t dim, double eps) : dim_(dim), eps_(eps) {
