@@ -41,7 +41,7 @@ struct Tiling {
 };
 
 // Below this many flops a product runs on the calling thread: waking the team costs more.
-constexpr double kMinFlopsPerThread = 1 << 18;
+constexpr double kMinFlopsPerThread = 1 << 19;
 
 // A 64-byte aligned buffer that grows on demand and is reused by later calls on the
 // same thread (packing buffers would otherwise be allocated for every product).
