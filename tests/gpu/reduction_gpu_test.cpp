@@ -72,7 +72,8 @@ TEST_CASE("sum and mean on CUDA match the CPU") {
   uint64_t seed = 1;
   for (const Case& c : cases) {
     for (bool keepdim : {false, true}) {
-      CAPTURE(shape_str(c.shape));
+      std::string shape = shape_str(c.shape);
+      CAPTURE(shape);
       CAPTURE(keepdim);
       // Positive terms: a sum of signed ones could land near zero, where a bound relative
       // to the result would be smaller than the rounding of the inputs.
@@ -112,7 +113,8 @@ TEST_CASE("logsumexp on CUDA matches the CPU") {
   uint64_t seed = 21;
   for (const Shape& shape : {Shape{513, 1000}, Shape{7, 50000}, Shape{1000, 40}, Shape{3, 17, 65}}) {
     for (int dim : {-1, 0}) {
-      CAPTURE(shape_str(shape));
+      std::string shape_text = shape_str(shape);
+      CAPTURE(shape_text);
       CAPTURE(dim);
       check_both_dtypes([dim](const std::vector<Tensor>& xs) { return ops::logsumexp(xs[0], dim); },
                         {input(shape, seed++)});

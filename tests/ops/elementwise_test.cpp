@@ -97,9 +97,9 @@ TEST_CASE("binary op gradients, broadcasting both ways") {
   uint64_t seed = 1;
   for (const Case& c : cases) {
     for (const auto& [shape_a, shape_b] : shapes) {
-      CAPTURE(c.name);
-      CAPTURE(shape_str(shape_a));
-      CAPTURE(shape_str(shape_b));
+      std::string op_name = c.name, shapes_given = shape_str(shape_a) + " and " + shape_str(shape_b);
+      CAPTURE(op_name);
+      CAPTURE(shapes_given);
       // Divisors kept away from zero so the finite differences are well conditioned.
       Tensor a = leaf(shape_a, seed++);
       Tensor b = leaf(shape_b, seed++, 0.5, 2.0);
@@ -131,7 +131,8 @@ TEST_CASE("unary op gradients") {
   };
   uint64_t seed = 10;
   for (const Case& c : cases) {
-    CAPTURE(c.name);
+    std::string op_name = c.name;
+    CAPTURE(op_name);
     Tensor x = leaf({2, 1, 5}, seed++, c.low, c.high);
     check_gradients([&](const std::vector<Tensor>& xs) { return c.op(xs[0]); }, {x});
   }
