@@ -44,24 +44,37 @@ struct alignas(16) Pack {
   T values[kWidth];
 };
 
-// Offsets of inputs 0 and 1 for dense output index i. The unrolled loop keeps the
-// layout in parameter space (a dynamic index would copy it to local memory).
-__device__ __forceinline__ void input_offsets(const ElementwiseLayout& layout, int64_t i, int64_t& offset_0,
-                                              int64_t& offset_1) {
+// Offsets of inputs 0 and 1 for dense output index i, in Index arithmetic. The
+// unrolled loop keeps the layout in parameter space (a dynamic index would copy it
+// to local memory).
+template <class Index>
+__device__ __forceinline__ void input_offsets_in(const ElementwiseLayout& layout, Index i, int64_t& offset_0,
+                                                 int64_t& offset_1) {
   offset_0 = 0;
   offset_1 = 0;
 #pragma unroll
   for (int d = core_kernels::kMaxDims - 1; d > 0; --d) {
     if (d < layout.ndim) {
-      int64_t quotient = i / layout.shape[d];
-      int64_t coordinate = i - quotient * layout.shape[d];
+      const Index size = static_cast<Index>(layout.shape[d]);
+      const Index quotient = i / size;
+      const int64_t coordinate = static_cast<int64_t>(i - quotient * size);
       offset_0 += coordinate * layout.strides[0][d];
       offset_1 += coordinate * layout.strides[1][d];
       i = quotient;
     }
   }
-  offset_0 += i * layout.strides[0][0];
-  offset_1 += i * layout.strides[1][0];
+  offset_0 += static_cast<int64_t>(i) * layout.strides[0][0];
+  offset_1 += static_cast<int64_t>(i) * layout.strides[1][0];
+}
+
+// 32-bit division costs a fraction of 64-bit division (which the hardware emulates),
+// and on a broadcast operand it is most of the work per element.
+__device__ __forceinline__ void input_offsets(const ElementwiseLayout& layout, int64_t i, int64_t& offset_0,
+                                              int64_t& offset_1) {
+  if (layout.numel <= UINT32_MAX)
+    input_offsets_in<uint32_t>(layout, static_cast<uint32_t>(i), offset_0, offset_1);
+  else
+    input_offsets_in<uint64_t>(layout, static_cast<uint64_t>(i), offset_0, offset_1);
 }
 
 __device__ __forceinline__ int64_t first_index() { return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; }
