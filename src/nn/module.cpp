@@ -1,5 +1,8 @@
 #include "strata/nn/module.h"
 
+#include <unordered_map>
+#include <unordered_set>
+
 namespace strata::nn {
 
 namespace {
@@ -42,19 +45,22 @@ const Tensor& Module::parameter(const std::string& local_name) const {
   STRATA_FAIL("module: no parameter named '{}' on this module", local_name);
 }
 
-void Module::collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) const {
+void Module::collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out,
+                                std::unordered_set<const TensorImpl*>& seen) const {
   for (const Slot& slot : parameters_) {
+    if (!seen.insert(slot.tensor.impl()).second) continue;  // shared: listed once, under its first path
     std::string path = join(prefix, slot.name);
     Tensor tensor = slot.tensor;
     tensor.set_name(path);
     out.push_back(NamedParameter{std::move(path), tensor, slot.weight_decay});
   }
-  for (const auto& [name, child] : children_) child->collect_parameters(join(prefix, name), out);
+  for (const auto& [name, child] : children_) child->collect_parameters(join(prefix, name), out, seen);
 }
 
 std::vector<NamedParameter> Module::named_parameters() const {
   std::vector<NamedParameter> out;
-  collect_parameters("", out);
+  std::unordered_set<const TensorImpl*> seen;
+  collect_parameters("", out, seen);
   return out;
 }
 
@@ -88,9 +94,15 @@ void Module::train(bool training) {
 
 template <class Convert>
 void Module::replace_parameters(const Convert& convert) {
+  // A tensor registered in several places is converted once, so it stays shared.
+  std::unordered_map<const TensorImpl*, Tensor> converted;
   for (auto& [path, module] : named_modules()) {
     for (Slot& slot : module->parameters_) {
       const Tensor& old = slot.tensor;
+      if (auto done = converted.find(old.impl()); done != converted.end()) {
+        slot.tensor = done->second;
+        continue;
+      }
       STRATA_CHECK(old.impl()->grad_hooks.empty(),
                    "module: parameter {} has grad hooks; move the model before registering them", old.name());
       Tensor moved = convert(old);
@@ -98,6 +110,7 @@ void Module::replace_parameters(const Convert& convert) {
       moved.set_requires_grad(true);
       moved.set_name(old.name());
       if (old.grad().defined()) moved.set_grad(convert(old.grad()));
+      converted.emplace(old.impl(), moved);
       slot.tensor = moved;
     }
   }

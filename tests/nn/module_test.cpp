@@ -31,6 +31,15 @@ struct TinyModel : nn::Module {
   std::shared_ptr<nn::Linear> head;
 };
 
+// The output projection reuses the embedding table (tied weights).
+struct Tied : nn::Module {
+  explicit Tied(Generator& generator) {
+    embed = register_module("embed", std::make_shared<nn::Embedding>(5, 3, generator));
+    register_parameter("head_weight", embed->weight(), true);
+  }
+  std::shared_ptr<nn::Embedding> embed;
+};
+
 struct BadNames : nn::Module {
   void add(const std::string& name) { register_parameter(name, Tensor::zeros({2})); }
   void add_child(const std::string& name) { register_module(name, std::make_shared<nn::Dropout>(0.1)); }
@@ -147,6 +156,18 @@ TEST_CASE("to(dtype) replaces the parameters; the walk and the layers see the ne
   model.zero_grad();
   for (const nn::NamedParameter& p : model.named_parameters()) CHECK_FALSE(p.tensor.grad().defined());
   CHECK_THROWS_WITH_AS(model.to(DType::Int32), doctest::Contains("not a floating dtype"), Error);
+}
+
+TEST_CASE("a tied parameter is listed once and stays tied when moved") {
+  Generator generator{4, 0};
+  Tied model(generator);
+  auto params = model.named_parameters();
+  REQUIRE(params.size() == 1);
+  CHECK(params[0].name == "head_weight");  // own parameters are walked before children
+  CHECK(model.num_parameters() == 15);
+  model.to(DType::Float64);
+  CHECK(model.parameter("head_weight").impl() == model.embed->weight().impl());
+  CHECK(model.embed->weight().dtype() == DType::Float64);
 }
 
 TEST_CASE("a badly built tree says what is wrong") {

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -39,8 +40,10 @@ class Module {
   Module& operator=(const Module&) = delete;
 
   // Parameters of this module and all its descendants, own ones first, then each
-  // child's in registration order. Each tensor's name() is set to its full path
-  // (relative to this module), so messages about it say which parameter it is.
+  // child's in registration order. A tensor registered in several modules (tied
+  // weights) is listed once, under its first path, so the optimizer updates it once.
+  // Each tensor's name() is set to its path (relative to this module), so messages
+  // about it say which parameter it is.
   std::vector<NamedParameter> named_parameters() const;
   std::vector<Tensor> parameters() const;
   int64_t num_parameters() const;  // total elements
@@ -60,7 +63,8 @@ class Module {
   // Tensor handle taken earlier still refers to the old values. So: move the model
   // before building its optimizer or registering grad hooks, and have layers read
   // their parameters through parameter(name) (the layers here do) rather than keep
-  // copies. Gradients move along; a parameter with grad hooks is an error.
+  // copies. Gradients move along, tied parameters stay tied, and a parameter with
+  // grad hooks is an error.
   void to(Device device);
   void to(DType dtype);  // floating dtypes only
 
@@ -91,7 +95,8 @@ class Module {
 
   void add_child(const std::string& name, std::shared_ptr<Module> module);
   void check_new_name(const std::string& name) const;
-  void collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) const;
+  void collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out,
+                          std::unordered_set<const TensorImpl*>& seen) const;
   void collect_modules(const std::string& prefix, std::vector<std::pair<std::string, Module*>>& out);
   template <class Convert>
   void replace_parameters(const Convert& convert);
