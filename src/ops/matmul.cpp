@@ -98,8 +98,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   constexpr const char* op = "matmul";
   detail::check_defined(op, a, "a");
   detail::check_defined(op, b, "b");
-  STRATA_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: operands need rank >= 2 (1-D operands are not promoted), got {} and {}",
-               a.str(), b.str());
+  STRATA_CHECK(a.dim() >= 2 && b.dim() >= 2,
+               "matmul: operands need rank >= 2 (1-D operands are not promoted), got {} and {}", a.str(), b.str());
   detail::check_same_device(op, a, b);
   detail::check_same_dtype(op, a, b);
   detail::check_compute_dtype(op, a);
@@ -114,24 +114,24 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   kernels::gemm_batched(expanded(a_input, batch), expanded(b_input, batch), out, 1.0f, 0.0f);
 
   const bool a_wants = wants_grad(a), b_wants = wants_grad(b);
-  autograd::record(op, {a, b}, out,
-                   [a_saved = b_wants ? a_input : Tensor(), b_saved = a_wants ? b_input : Tensor(), a_wants, b_wants,
-                    a_shape = a.shape(), b_shape = b.shape(), batch, n, k, m, dtype = a.dtype(),
-                    input_dtype](const Tensor& grad) {
-                     Tensor grad_out = grad.to(input_dtype);  // (*batch, n, m)
-                     std::vector<Tensor> grads(2);
-                     if (a_wants) {  // dA (*batch, n, k) = dC @ B^T, summed where a was broadcast
-                       grads[0] = Tensor::empty(a_shape, dtype, grad.device());
-                       Tensor sum_view = expanded(grads[0], batch);
-                       kernels::gemm_batched(grad_out, transposed(expanded(b_saved, batch)), sum_view, 1.0f, 0.0f);
-                     }
-                     if (b_wants) {  // dB (*batch, k, m) = A^T @ dC, summed where b was broadcast
-                       grads[1] = Tensor::empty(b_shape, dtype, grad.device());
-                       Tensor sum_view = expanded(grads[1], batch);
-                       kernels::gemm_batched(transposed(expanded(a_saved, batch)), grad_out, sum_view, 1.0f, 0.0f);
-                     }
-                     return grads;
-                   });
+  autograd::record(
+      op, {a, b}, out,
+      [a_saved = b_wants ? a_input : Tensor(), b_saved = a_wants ? b_input : Tensor(), a_wants, b_wants,
+       a_shape = a.shape(), b_shape = b.shape(), batch, n, k, m, dtype = a.dtype(), input_dtype](const Tensor& grad) {
+        Tensor grad_out = grad.to(input_dtype);  // (*batch, n, m)
+        std::vector<Tensor> grads(2);
+        if (a_wants) {  // dA (*batch, n, k) = dC @ B^T, summed where a was broadcast
+          grads[0] = Tensor::empty(a_shape, dtype, grad.device());
+          Tensor sum_view = expanded(grads[0], batch);
+          kernels::gemm_batched(grad_out, transposed(expanded(b_saved, batch)), sum_view, 1.0f, 0.0f);
+        }
+        if (b_wants) {  // dB (*batch, k, m) = A^T @ dC, summed where b was broadcast
+          grads[1] = Tensor::empty(b_shape, dtype, grad.device());
+          Tensor sum_view = expanded(grads[1], batch);
+          kernels::gemm_batched(transposed(expanded(a_saved, batch)), grad_out, sum_view, 1.0f, 0.0f);
+        }
+        return grads;
+      });
   return out;
 }
 
@@ -166,34 +166,33 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Tensor out = y.view(out_shape);
 
   const bool x_wants = wants_grad(x), weight_wants = wants_grad(weight), bias_wants = wants_grad(bias);
-  autograd::record(
-      op, {x, weight, bias}, out,
-      [x_saved = weight_wants ? x_rows : Tensor(), weight_saved = x_wants ? weight_input : Tensor(), x_wants,
-       weight_wants, bias_wants, x_shape = x.shape(), dtype = x.dtype(), input_dtype, rows, in_features,
-       out_features](const Tensor& grad) {
-        Tensor grad_rows = as_rows(grad);  // (rows, out)
-        Tensor grad_input = grad_rows.to(input_dtype);
-        std::vector<Tensor> grads(3);
-        if (x_wants) {  // dx (rows, in) = dy @ W
-          Tensor grad_x = Tensor::empty({rows, in_features}, dtype, grad.device());
-          kernels::gemm(grad_input, weight_saved, grad_x, false, false, 1.0f, 0.0f);
-          grads[0] = grad_x.view(x_shape);
-        }
-        if (weight_wants) {  // dW (out, in) = dy^T @ x: one product, the rows are its depth
-          grads[1] = Tensor::empty({out_features, in_features}, dtype, grad.device());
-          kernels::gemm(grad_input, x_saved, grads[1], true, false, 1.0f, 0.0f);
-        }
-        if (bias_wants) {
-          // db (1, out) = ones (1, rows) @ dy: the sum over rows as a product, which
-          // accumulates in float32 for bfloat16 and reads dy in its own dtype (float32
-          // under autocast).
-          Tensor ones = Tensor::ones({1, rows}, grad.dtype(), grad.device());
-          Tensor grad_bias = Tensor::empty({1, out_features}, dtype, grad.device());
-          kernels::gemm(ones, grad_rows, grad_bias, false, false, 1.0f, 0.0f);
-          grads[2] = grad_bias.view({out_features});
-        }
-        return grads;
-      });
+  autograd::record(op, {x, weight, bias}, out,
+                   [x_saved = weight_wants ? x_rows : Tensor(), weight_saved = x_wants ? weight_input : Tensor(),
+                    x_wants, weight_wants, bias_wants, x_shape = x.shape(), dtype = x.dtype(), input_dtype, rows,
+                    in_features, out_features](const Tensor& grad) {
+                     Tensor grad_rows = as_rows(grad);  // (rows, out)
+                     Tensor grad_input = grad_rows.to(input_dtype);
+                     std::vector<Tensor> grads(3);
+                     if (x_wants) {  // dx (rows, in) = dy @ W
+                       Tensor grad_x = Tensor::empty({rows, in_features}, dtype, grad.device());
+                       kernels::gemm(grad_input, weight_saved, grad_x, false, false, 1.0f, 0.0f);
+                       grads[0] = grad_x.view(x_shape);
+                     }
+                     if (weight_wants) {  // dW (out, in) = dy^T @ x: one product, the rows are its depth
+                       grads[1] = Tensor::empty({out_features, in_features}, dtype, grad.device());
+                       kernels::gemm(grad_input, x_saved, grads[1], true, false, 1.0f, 0.0f);
+                     }
+                     if (bias_wants) {
+                       // db (1, out) = ones (1, rows) @ dy: the sum over rows as a product, which
+                       // accumulates in float32 for bfloat16 and reads dy in its own dtype (float32
+                       // under autocast).
+                       Tensor ones = Tensor::ones({1, rows}, grad.dtype(), grad.device());
+                       Tensor grad_bias = Tensor::empty({1, out_features}, dtype, grad.device());
+                       kernels::gemm(ones, grad_rows, grad_bias, false, false, 1.0f, 0.0f);
+                       grads[2] = grad_bias.view({out_features});
+                     }
+                     return grads;
+                   });
   return out;
 }
 

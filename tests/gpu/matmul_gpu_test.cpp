@@ -70,9 +70,8 @@ TEST_CASE("matmul on CUDA reads transposed, strided and misaligned operands") {
   check_both_dtypes([](const std::vector<Tensor>& x) { return ops::matmul(ops::transpose(x[0], -1, -2), x[1]); },
                     {input({2, 40, 30}, 3), input({2, 40, 20}, 4)});
   // Every other column: no unit stride in either dim, so copied first.
-  check_both_dtypes(
-      [](const std::vector<Tensor>& x) { return ops::matmul(ops::slice(x[0], 1, 0, 64, 2), x[1]); },
-      {input({24, 64}, 5), input({32, 16}, 6)});
+  check_both_dtypes([](const std::vector<Tensor>& x) { return ops::matmul(ops::slice(x[0], 1, 0, 64, 2), x[1]); },
+                    {input({24, 64}, 5), input({32, 16}, 6)});
   // Starting one element in: pointers aligned to 4 (float32) or 2 (bfloat16) bytes only.
   check_both_dtypes(
       [](const std::vector<Tensor>& x) { return ops::matmul(ops::slice(x[0], 1, 1, 33), ops::slice(x[1], 1, 1, 17)); },

@@ -224,7 +224,9 @@ TEST_CASE("matmul gradients") {
     check_gradients([](const std::vector<Tensor>& x) { return ops::matmul(x[0], ops::transpose(x[1], 0, 1)); },
                     {leaf({3, 4}, 17), leaf({5, 4}, 18)});
     check_gradients(
-        [](const std::vector<Tensor>& x) { return ops::matmul(ops::slice(x[0], 1, 0, 8, 2), ops::slice(x[1], 0, 1, 5)); },
+        [](const std::vector<Tensor>& x) {
+          return ops::matmul(ops::slice(x[0], 1, 0, 8, 2), ops::slice(x[1], 0, 1, 5));
+        },
         {leaf({3, 8}, 19), leaf({6, 5}, 20)});
   }
   SUBCASE("size-1 dims") {
@@ -291,8 +293,8 @@ TEST_CASE("bad matmul and linear arguments name the shapes") {
                        doctest::Contains("matmul: operands need rank >= 2"), Error);
   CHECK_THROWS_WITH_AS(ops::matmul(Tensor::zeros({2, 4, 3}), Tensor::zeros({3, 3, 5})),
                        doctest::Contains("batch dimensions [2] and [3] do not broadcast"), Error);
-  CHECK_THROWS_WITH_AS(ops::matmul(a, Tensor::zeros({3, 2}, DType::Float64)), doctest::Contains("matmul: dtypes differ"),
-                       Error);
+  CHECK_THROWS_WITH_AS(ops::matmul(a, Tensor::zeros({3, 2}, DType::Float64)),
+                       doctest::Contains("matmul: dtypes differ"), Error);
   CHECK_THROWS_WITH_AS(ops::matmul(Tensor::zeros({2, 3}, DType::Int64), Tensor::zeros({3, 2}, DType::Int64)),
                        doctest::Contains("matmul: int64[2, 3] on cpu is not supported"), Error);
   CHECK_THROWS_WITH_AS(ops::matmul(a, Tensor()), doctest::Contains("matmul: b is an undefined tensor"), Error);

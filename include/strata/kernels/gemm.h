@@ -33,8 +33,8 @@ void gemm_batched(const Tensor& a, const Tensor& b, Tensor& c, float alpha, floa
 // gemm through plain cublasGemmEx with cuBLAS's default algorithm (CUDA only): the
 // baseline the bench compares gemm's cuBLASLt path against. a and b need a unit
 // stride in one of their dims, c a unit column stride.
-void gemm_cublas_reference(const Tensor& a, const Tensor& b, Tensor& c, bool transpose_a, bool transpose_b,
-                           float alpha, float beta);
+void gemm_cublas_reference(const Tensor& a, const Tensor& b, Tensor& c, bool transpose_a, bool transpose_b, float alpha,
+                           float beta);
 
 // Whether float32 products on CUDA may round their inputs to TF32 in the tensor
 // cores (process-wide). Off by default: float32 means float32.

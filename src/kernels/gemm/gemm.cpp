@@ -173,10 +173,10 @@ void run_kernel(const Product& p, int64_t a_offset, int64_t b_offset, int64_t c_
   }
 #ifdef STRATA_WITH_CUDA
   STRATA_CHECK(count <= INT32_MAX, "gemm: a batch of {} products is more than cuBLASLt takes at once", count);
-  bool ok = gemm_cuda(p.input_dtype, p.output_dtype, p.m, p.n, p.k, count, alpha,
-                      cuda_operand(a, p.m, p.k, p.a_rs, p.a_cs, step.a),
-                      cuda_operand(b, p.k, p.n, p.b_rs, p.b_cs, step.b), beta, c,
-                      dense_layout(p.m, p.n, p.c_rs, p.c_cs).leading_dimension, step.c, tf32_allowed.load());
+  bool ok =
+      gemm_cuda(p.input_dtype, p.output_dtype, p.m, p.n, p.k, count, alpha,
+                cuda_operand(a, p.m, p.k, p.a_rs, p.a_cs, step.a), cuda_operand(b, p.k, p.n, p.b_rs, p.b_cs, step.b),
+                beta, c, dense_layout(p.m, p.n, p.c_rs, p.c_cs).leading_dimension, step.c, tf32_allowed.load());
   STRATA_CHECK(ok, "gemm: {} inputs with a {} output are not supported on {}", dtype_name(p.input_dtype),
                dtype_name(p.output_dtype), p.device.str());
 #endif

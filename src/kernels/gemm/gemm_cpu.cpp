@@ -13,15 +13,18 @@
 // no edge cases; only the write-back clips the tile to the matrix. A packed B
 // micro-panel (kKC x kNR) stays in L1 while the packed A block (kMC x kKC) stays in L2.
 //
-// The micro-kernel uses GCC vector extensions (32-byte vectors: a kMR x kNR tile is
-// 2 * kMR vector registers) and is compiled twice: for AVX2 + FMA, picked at run time
-// when the CPU has them, and for the baseline ISA the library is built for.
+// The micro-kernel uses GCC vector extensions (a kMR x kNR tile is 2 * kMR = 12 vector
+// registers) and is compiled twice: with 32-byte vectors for AVX2 + FMA, picked at run
+// time when the CPU has them, and with 16-byte vectors for the baseline ISA the
+// library is built for (SSE2, NEON). Threads split each product's (row block, column
+// chunk) pairs, or take whole products when a batch divides among them.
 #include "kernels/gemm/gemm_cpu.h"
 
 #include <omp.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 namespace strata::kernels {
@@ -110,16 +113,17 @@ void pack_b_panel(int64_t kc, int64_t nc, int64_t j0, const T* b, int64_t rs, in
 
 // tile (kMR x kNR) = packed A panel (kc x kMR) ^T @ packed B panel (kc x kNR).
 template <class Tile, class T = typename Tile::Scalar>
-[[gnu::always_inline]] inline void micro_kernel(int64_t kc, const T* __restrict a_panel,
-                                                const T* __restrict b_panel, T* __restrict tile) {
+[[gnu::always_inline]] inline void micro_kernel(int64_t kc, const T* __restrict a_panel, const T* __restrict b_panel,
+                                                T* __restrict tile) {
   using Vector = typename Tile::Vector;
   constexpr int64_t MR = Tile::kMR, NR = Tile::kNR, L = Tile::kLanes;
   Vector low[MR], high[MR];  // columns [0, L) and [L, 2L) of each row
 #pragma GCC unroll 8
   for (int64_t i = 0; i < MR; ++i) low[i] = high[i] = Vector{};
   for (int64_t p = 0; p < kc; ++p) {
-    Vector b_low = *reinterpret_cast<const Vector*>(b_panel + p * NR);
-    Vector b_high = *reinterpret_cast<const Vector*>(b_panel + p * NR + L);
+    Vector b_low, b_high;  // memcpy: vector loads without breaking aliasing rules
+    std::memcpy(&b_low, b_panel + p * NR, sizeof b_low);
+    std::memcpy(&b_high, b_panel + p * NR + L, sizeof b_high);
 #pragma GCC unroll 8
     for (int64_t i = 0; i < MR; ++i) {
       T a = a_panel[p * MR + i];
@@ -129,8 +133,8 @@ template <class Tile, class T = typename Tile::Scalar>
   }
 #pragma GCC unroll 8
   for (int64_t i = 0; i < MR; ++i) {
-    *reinterpret_cast<Vector*>(tile + i * NR) = low[i];
-    *reinterpret_cast<Vector*>(tile + i * NR + L) = high[i];
+    std::memcpy(tile + i * NR, &low[i], sizeof low[i]);
+    std::memcpy(tile + i * NR + L, &high[i], sizeof high[i]);
   }
 }
 
@@ -167,8 +171,8 @@ template <class T>
 using BaselineTiling = Tiling<T, 16>;
 
 template <class T>
-void macro_kernel(BaselineTiling<T>, int64_t mc, int64_t nc, int64_t kc, const T* packed_a, const T* packed_b,
-                  T alpha, T beta, T* c, int64_t c_rs, int64_t c_cs) {
+void macro_kernel(BaselineTiling<T>, int64_t mc, int64_t nc, int64_t kc, const T* packed_a, const T* packed_b, T alpha,
+                  T beta, T* c, int64_t c_rs, int64_t c_cs) {
   macro_kernel_body<BaselineTiling<T>>(mc, nc, kc, packed_a, packed_b, alpha, beta, c, c_rs, c_cs);
 }
 
@@ -216,7 +220,8 @@ void gemm_one(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t a_rs
       const int64_t nc = std::min(NC, n - jc);
       const int64_t panels = (nc + NR - 1) / NR;
       // Too few row blocks to keep every thread busy: also split the columns.
-      const int64_t chunks_wanted = std::min(panels, row_blocks >= 2 * threads ? 1 : (2 * threads + row_blocks - 1) / row_blocks);
+      const int64_t chunks_wanted =
+          std::min(panels, row_blocks >= 2 * threads ? 1 : (2 * threads + row_blocks - 1) / row_blocks);
       const int64_t panels_per_chunk = (panels + chunks_wanted - 1) / chunks_wanted;
       const int64_t column_chunks = (panels + panels_per_chunk - 1) / panels_per_chunk;
       for (int64_t pc = 0; pc < k; pc += KC) {

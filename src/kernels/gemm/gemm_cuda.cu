@@ -36,11 +36,11 @@ namespace {
   detail::throw_message(file, line, message);
 }
 
-#define STRATA_CUBLAS_CHECK(expr)                                                          \
-  do {                                                                                     \
-    cublasStatus_t strata_cublas_status_ = (expr);                                         \
-    if (strata_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                    \
-      throw_cublas_error(__FILE__, __LINE__, #expr, strata_cublas_status_);                \
+#define STRATA_CUBLAS_CHECK(expr)                                           \
+  do {                                                                      \
+    cublasStatus_t strata_cublas_status_ = (expr);                          \
+    if (strata_cublas_status_ != CUBLAS_STATUS_SUCCESS)                     \
+      throw_cublas_error(__FILE__, __LINE__, #expr, strata_cublas_status_); \
   } while (0)
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
@@ -109,11 +109,13 @@ struct PlanKey {
 struct PlanKeyHash {
   size_t operator()(const PlanKey& key) const {
     size_t hash = 0;
-    auto mix = [&hash](int64_t value) { hash ^= std::hash<int64_t>()(value) + 0x9e3779b97f4a7c15ull + (hash << 6) + (hash >> 2); };
+    auto mix = [&hash](int64_t value) {
+      hash ^= std::hash<int64_t>()(value) + 0x9e3779b97f4a7c15ull + (hash << 6) + (hash >> 2);
+    };
     for (int64_t value : {int64_t{key.device}, int64_t(key.input_dtype), int64_t(key.output_dtype),
-                          int64_t{key.transpose_a} | int64_t{key.transpose_b} << 1 | int64_t{key.allow_tf32} << 2, key.m,
-                          key.n, key.k, key.batch, key.lda, key.ldb, key.ldc, key.stride_a, key.stride_b, key.stride_c,
-                          int64_t{key.align_a} << 32 | key.align_b, int64_t{key.align_c}})
+                          int64_t{key.transpose_a} | int64_t{key.transpose_b} << 1 | int64_t{key.allow_tf32} << 2,
+                          key.m, key.n, key.k, key.batch, key.lda, key.ldb, key.ldc, key.stride_a, key.stride_b,
+                          key.stride_c, int64_t{key.align_a} << 32 | key.align_b, int64_t{key.align_c}})
       mix(value);
     return hash;
   }
@@ -151,8 +153,8 @@ cublasLtMatrixLayout_t make_layout(DType dtype, int64_t rows, int64_t cols, int6
 Plan make_plan(const PlanKey& key, cublasLtHandle_t lt) {
   Plan plan;
   try {
-    cublasComputeType_t compute = key.input_dtype == DType::Float32 && key.allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                                      : CUBLAS_COMPUTE_32F;
+    cublasComputeType_t compute =
+        key.input_dtype == DType::Float32 && key.allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     STRATA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.operation, compute, CUDA_R_32F));
     cublasOperation_t first_op = key.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t second_op = key.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -171,8 +173,8 @@ Plan make_plan(const PlanKey& key, cublasLtHandle_t lt) {
     cublasLtMatmulPreference_t preference = nullptr;
     STRATA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
     uint64_t workspace_bytes = kWorkspaceBytes;
-    cublasStatus_t status = cublasLtMatmulPreferenceSetAttribute(
-        preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes, sizeof workspace_bytes);
+    cublasStatus_t status = cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                                 &workspace_bytes, sizeof workspace_bytes);
     // cuBLASLt's first operand is our b, its second our a.
     if (status == CUBLAS_STATUS_SUCCESS)
       status = cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
@@ -217,8 +219,8 @@ Plan make_plan(const PlanKey& key, cublasLtHandle_t lt) {
 // Runs the product with the cached plan for `key` (made on first use). The lock is held
 // through the (asynchronous, so brief) launch: another thread could otherwise clear the
 // cache and destroy the descriptors in use.
-void run_with_plan(const PlanKey& key, const DeviceState& state, float alpha, const void* a, const void* b,
-                   float beta, void* c) {
+void run_with_plan(const PlanKey& key, const DeviceState& state, float alpha, const void* a, const void* b, float beta,
+                   void* c) {
   static auto* plans = new std::unordered_map<PlanKey, Plan, PlanKeyHash>();  // never destroyed, see the top
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);
@@ -280,12 +282,11 @@ bool gemm_cublas_reference_cuda(DType input_dtype, DType output_dtype, int64_t m
   STRATA_CUBLAS_CHECK(cublasSetStream(state.blas, cuda::stream()));
   cublasComputeType_t compute =
       input_dtype == DType::Float32 && allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  STRATA_CUBLAS_CHECK(cublasGemmEx(state.blas, b.transposed ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                   a.transposed ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
-                                   static_cast<int>(k), &alpha, b.data, cuda_type(input_dtype),
-                                   static_cast<int>(b.leading_dimension), a.data, cuda_type(input_dtype),
-                                   static_cast<int>(a.leading_dimension), &beta, c, cuda_type(output_dtype),
-                                   static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT));
+  STRATA_CUBLAS_CHECK(cublasGemmEx(
+      state.blas, b.transposed ? CUBLAS_OP_T : CUBLAS_OP_N, a.transposed ? CUBLAS_OP_T : CUBLAS_OP_N,
+      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b.data, cuda_type(input_dtype),
+      static_cast<int>(b.leading_dimension), a.data, cuda_type(input_dtype), static_cast<int>(a.leading_dimension),
+      &beta, c, cuda_type(output_dtype), static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT));
   return true;
 }
 
