@@ -5,8 +5,6 @@
 // (detail::reduce_to_shape); unary ops save the minimum their derivative needs
 // (exp, tanh, sigmoid, sqrt and rsqrt their output, the others their input) and
 // compute the input gradient with one fused (grad, saved) kernel.
-#include <cmath>
-
 #include "kernels/elementwise/elementwise_cpu.h"
 #ifdef STRATA_WITH_CUDA
 #include "kernels/elementwise/elementwise_cuda.h"
@@ -155,8 +153,8 @@ Tensor sub(const Tensor& a, const Tensor& b) {
   autograd::record("sub", {a, b}, out,
                    [grad_a = wants_grad(a), grad_b = wants_grad(b), shape_a = a.shape(),
                     shape_b = b.shape()](const Tensor& grad) {
-                     return std::vector<Tensor>{grad_for(grad_a, grad, shape_a),
-                                                grad_b ? grad_for(true, neg(grad), shape_b) : Tensor()};
+                     Tensor grad_of_b = grad_b ? run_unary("sub", UnaryOp::Neg, grad) : Tensor();
+                     return std::vector<Tensor>{grad_for(grad_a, grad, shape_a), grad_for(grad_b, grad_of_b, shape_b)};
                    });
   return out;
 }
@@ -168,8 +166,9 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   // Each operand's gradient needs the other operand only.
   Tensor saved_a = grad_b ? a.detach() : Tensor(), saved_b = grad_a ? b.detach() : Tensor();
   autograd::record("mul", {a, b}, out, [=, shape_a = a.shape(), shape_b = b.shape()](const Tensor& grad) {
-    return std::vector<Tensor>{grad_a ? grad_for(true, run_binary("mul", BinaryOp::Mul, grad, saved_b), shape_a) : Tensor(),
-                               grad_b ? grad_for(true, run_binary("mul", BinaryOp::Mul, grad, saved_a), shape_b) : Tensor()};
+    Tensor grad_of_a = grad_a ? run_binary("mul", BinaryOp::Mul, grad, saved_b) : Tensor();
+    Tensor grad_of_b = grad_b ? run_binary("mul", BinaryOp::Mul, grad, saved_a) : Tensor();
+    return std::vector<Tensor>{grad_for(grad_a, grad_of_a, shape_a), grad_for(grad_b, grad_of_b, shape_b)};
   });
   return out;
 }
@@ -183,8 +182,9 @@ Tensor div(const Tensor& a, const Tensor& b) {
   autograd::record("div", {a, b}, out, [=, shape_a = a.shape(), shape_b = b.shape()](const Tensor& grad) {
     Tensor grad_over_b = run_binary("div", BinaryOp::Div, grad, saved_b);
     Tensor grad_of_b;
-    if (grad_b) grad_of_b = grad_for(true, neg(run_binary("div", BinaryOp::Mul, grad_over_b, saved_out)), shape_b);
-    return std::vector<Tensor>{grad_for(grad_a, grad_over_b, shape_a), grad_of_b};
+    if (grad_b)
+      grad_of_b = run_unary("div", UnaryOp::Neg, run_binary("div", BinaryOp::Mul, grad_over_b, saved_out));
+    return std::vector<Tensor>{grad_for(grad_a, grad_over_b, shape_a), grad_for(grad_b, grad_of_b, shape_b)};
   });
   return out;
 }

@@ -54,7 +54,8 @@ struct Folded {
 // `dim` of a dense tensor of `shape` as (outer, reduce, inner).
 Folded fold(const Shape& shape, int dim) {
   Folded f;
-  for (int d = 0; d < static_cast<int>(shape.size()); ++d) (d < dim ? f.outer : d == dim ? f.reduce : f.inner) *= shape[d];
+  for (int d = 0; d < static_cast<int>(shape.size()); ++d)
+    (d < dim ? f.outer : d == dim ? f.reduce : f.inner) *= shape[d];
   return f;
 }
 
@@ -108,7 +109,8 @@ Tensor run_sum(const Tensor& a, const std::vector<bool>& reduced, double scale) 
   while (true) {
     const int run = last_reduced();
     Folded f;
-    for (int i = 0; i < static_cast<int>(runs.size()); ++i) (i < run ? f.outer : i == run ? f.reduce : f.inner) *= runs[i].size;
+    for (int i = 0; i < static_cast<int>(runs.size()); ++i)
+      (i < run ? f.outer : i == run ? f.reduce : f.inner) *= runs[i].size;
     runs.erase(runs.begin() + run);
     const bool final_step = last_reduced() < 0;
     Tensor out = final_step ? Tensor::empty(result_shape, a.dtype(), a.device())

@@ -99,7 +99,9 @@ TEST_CASE("strided and misaligned inputs on CUDA match the CPU") {
   Tensor flat = input({4099}, 203);
   check_both_dtypes([](const std::vector<Tensor>& xs) { return ops::exp(ops::slice(xs[0], 0, 1, 4099)); }, {flat});
   check_both_dtypes(
-      [](const std::vector<Tensor>& xs) { return ops::add(ops::slice(xs[0], 0, 1, 4099), ops::slice(xs[0], 0, 0, 4098)); },
+      [](const std::vector<Tensor>& xs) {
+        return ops::add(ops::slice(xs[0], 0, 1, 4099), ops::slice(xs[0], 0, 0, 4098));
+      },
       {flat});
 }
 
@@ -107,8 +109,8 @@ TEST_CASE("masked_fill on CUDA matches the CPU") {
   testing::require_cuda();
   Tensor x = input({4, 33, 33}, 301);
   Tensor mask = ops::causal_mask(33);  // bool (33, 33), broadcast over the leading 4
-  check_both_dtypes([&](const std::vector<Tensor>& xs) { return ops::masked_fill(xs[0], mask.to(xs[0].device()), -3.0); },
-                    {x});
+  check_both_dtypes(
+      [&](const std::vector<Tensor>& xs) { return ops::masked_fill(xs[0], mask.to(xs[0].device()), -3.0); }, {x});
   Tensor byte_mask = rand_bernoulli({4, 1, 33}, 0.5);
   check_both_dtypes(
       [&](const std::vector<Tensor>& xs) { return ops::masked_fill(xs[0], byte_mask.to(xs[0].device()), 0.5); }, {x});
@@ -118,12 +120,12 @@ TEST_CASE("element-wise errors on CUDA name the devices and dtypes") {
   testing::require_cuda();
   Tensor on_cpu = Tensor::zeros({2});
   Tensor on_cuda = Tensor::zeros({2}, DType::Float32, Device::cuda());
-  CHECK_THROWS_WITH_AS(ops::add(on_cpu, on_cuda),
-                       doctest::Contains("add: tensors are on different devices: float32[2] on cpu and float32[2] on cuda:0"),
-                       Error);
+  CHECK_THROWS_WITH_AS(
+      ops::add(on_cpu, on_cuda),
+      doctest::Contains("add: tensors are on different devices: float32[2] on cpu and float32[2] on cuda:0"), Error);
   CHECK_THROWS_WITH_AS(ops::masked_fill(on_cuda, Tensor::zeros({2}, DType::Bool), 0.0),
                        doctest::Contains("masked_fill: tensors are on different devices"), Error);
-  CHECK_THROWS_WITH_AS(ops::exp(Tensor::zeros({2}, DType::Float64, Device::cuda())),
-                       doctest::Contains("exp: float64[2] on cuda:0 is not supported (supported: float32, bfloat16 on cuda)"),
-                       Error);
+  CHECK_THROWS_WITH_AS(
+      ops::exp(Tensor::zeros({2}, DType::Float64, Device::cuda())),
+      doctest::Contains("exp: float64[2] on cuda:0 is not supported (supported: float32, bfloat16 on cuda)"), Error);
 }

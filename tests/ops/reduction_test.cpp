@@ -138,8 +138,8 @@ TEST_CASE("bad reduction arguments give clear errors") {
   CHECK_THROWS_WITH_AS(ops::max(a, -3), doctest::Contains("max: dim -3 is out of range"), Error);
   CHECK_THROWS_WITH_AS(ops::max(Tensor::zeros({2, 0}, DType::Float64), 1),
                        doctest::Contains("max: dim 1 of float64[2, 0] on cpu is empty"), Error);
-  CHECK_THROWS_WITH_AS(ops::sum(Tensor::zeros({2}, DType::Int64)), doctest::Contains("sum: int64[2] on cpu is not supported"),
-                       Error);
+  CHECK_THROWS_WITH_AS(ops::sum(Tensor::zeros({2}, DType::Int64)),
+                       doctest::Contains("sum: int64[2] on cpu is not supported"), Error);
   CHECK_THROWS_WITH_AS(ops::logsumexp(Tensor::zeros({2}, DType::UInt8), 0),
                        doctest::Contains("logsumexp: uint8[2] on cpu is not supported"), Error);
 }

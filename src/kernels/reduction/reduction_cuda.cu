@@ -170,7 +170,8 @@ __global__ void reduce_columns_kernel(const Tin* __restrict__ in, int64_t reduce
       const int64_t begin = (outer_chunk % chunks) * chunk_length, end = min(reduce, begin + chunk_length);
       const Tin* first = in + (outer_chunk / chunks) * reduce * inner + column;
 #pragma unroll 4
-      for (int64_t r = begin + threadIdx.y; r < end; r += kColumnRows) reducer.add(state, to_float(first[r * inner]), r);
+      for (int64_t r = begin + threadIdx.y; r < end; r += kColumnRows)
+        reducer.add(state, to_float(first[r * inner]), r);
     }
     partial[threadIdx.y][threadIdx.x] = state;
     __syncthreads();
