@@ -25,7 +25,7 @@ Tensor Module::register_parameter(const std::string& name, Tensor tensor, bool w
   STRATA_CHECK(tensor.defined(), "module: parameter '{}' is an undefined tensor", name);
   STRATA_CHECK(is_floating(tensor.dtype()), "module: parameter '{}' is {}, not a floating tensor", name,
                tensor.str());
-  // A fresh leaf owning contiguous values: the optimizer's kernels update it in place.
+  // A contiguous leaf (the tensor itself when it is one): optimizers update it in place.
   Tensor leaf = tensor.is_leaf() && tensor.is_contiguous() ? tensor : tensor.detach().contiguous();
   leaf.set_requires_grad(true);
   leaf.set_name(name);
@@ -128,10 +128,6 @@ void Module::to(DType dtype) {
 void Module::zero_grad() {
   for (const NamedParameter& p : named_parameters()) p.tensor.impl()->grad.reset();
 }
-
-}  // namespace strata::nn
-
-namespace strata::nn {
 
 const std::shared_ptr<Module>& ModuleList::operator[](size_t index) const {
   STRATA_CHECK(index < modules_.size(), "ModuleList: index {} out of range for a list of {}", index, modules_.size());

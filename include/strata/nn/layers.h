@@ -40,6 +40,8 @@ class Embedding : public Module {
   // indices (int32/int64, any shape) -> (*indices.shape, dim)
   Tensor forward(const Tensor& indices) const;
   const Tensor& weight() const { return parameter("weight"); }  // (vocab, dim)
+  int64_t vocab_size() const { return vocab_size_; }
+  int64_t dim() const { return dim_; }
 
  private:
   int64_t vocab_size_, dim_;

@@ -106,10 +106,6 @@ class Module {
   bool training_ = true;
 };
 
-}  // namespace strata::nn
-
-namespace strata::nn {
-
 // A sequence of modules named "0", "1", ... (so layer k of a stack is
 // "layers.k.*" when the list is registered as "layers").
 class ModuleList : public Module {
