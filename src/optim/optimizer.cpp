@@ -1,5 +1,6 @@
 #include "strata/optim/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <set>
