@@ -50,6 +50,8 @@ Tensor softmax_forward(const char* op, const Tensor& x_given, const SoftmaxLayou
 
 Tensor softmax_backward(const char* op, const Tensor& y, const Tensor& dy_given, const SoftmaxLayout& layout,
                         bool log) {
+  STRATA_CHECK(dy_given.shape() == y.shape() && dy_given.dtype() == y.dtype() && dy_given.device() == y.device(),
+               "{}: gradient {} does not match the output {}", op, dy_given.str(), y.str());
   const Tensor dy = dy_given.contiguous();
   Tensor dx = Tensor::empty(y.shape(), y.dtype(), y.device());
   if (y.device().is_cpu()) {

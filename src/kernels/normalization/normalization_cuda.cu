@@ -3,30 +3,32 @@
 // subtracts the row mean (subtract_mean), rms_norm does not.
 //
 // Tiling and what lives where:
-//  * Forward, rows of up to 512 x 32 = 16384 elements (cached kernel). A group of
-//    threads_per_row threads takes one row (part of a warp, a warp, or up to 16
-//    warps; row_cuda.cuh), each thread holding up to 32 elements of it in
-//    registers as 16-byte packs; a 256-thread block holds 256 / threads_per_row
-//    rows. x is read once: the row sum (layer_norm) gives the mean, then the sum
-//    of squared deviations, from the registers, gives rstd (an exact two-pass
-//    variance, not E[x^2] - mean^2); y is written from the registers. Reductions:
-//    warp shuffles, plus a 32-float shared scratch when a row spans warps. mean
-//    and rstd (float32) are saved per row. weight and bias are re-read per row
-//    (the same dim elements for every row: they stay in L1/L2).
+//  * Forward, cached kernel (rows of up to 512 x 32 = 16384 elements with 16-byte
+//    packs, 512 x 16 = 8192 with single elements). A group of threads_per_row
+//    threads takes one row (part of a warp, a warp, or up to 16 warps;
+//    row_cuda.cuh), each thread holding up to 32 (16) elements of it in registers;
+//    a 256-thread block holds 256 / threads_per_row rows. x is read once: the row
+//    sum (layer_norm) gives the mean, then the sum of squared deviations, from
+//    the registers, gives rstd (an exact two-pass variance, not E[x^2] - mean^2);
+//    y is written from the registers. Reductions: warp shuffles, plus a 32-float
+//    shared scratch when a row spans warps. mean and rstd (float32) are saved per
+//    row. weight and bias are re-read per row (the same dim elements for every
+//    row: they stay in L1/L2).
 //    (16384, 4096): 128 threads per row, 32 elements each (8 float4 or 4 x 8 bf16).
-//  * Backward, rows of up to 512 x 16 = 8192 elements (cached kernel). The same
-//    row groups with 16 elements per thread; each thread holds its x and dy
-//    packs and float32 running sums of dy * xhat and dy for its columns. The
-//    grid is persistent (as many blocks as are resident at once) and strides
-//    over rows, so those running sums cover many rows. Per row: xhat is
+//  * Backward, cached kernel (rows of up to 512 x 16 = 8192 elements with
+//    packs, 512 x 8 = 4096 with single elements). The same row groups with half
+//    the elements per thread: each thread holds its x and dy packs and float32
+//    running sums of dy * xhat and dy for its columns. The grid is persistent
+//    (as many blocks as are resident at once, no more than there are rows) and
+//    strides over rows, so those running sums cover many rows. Per row: xhat is
 //    recomputed from x, mean and rstd; one two-value reduction gives sum(g) and
 //    sum(g * xhat) (g = dy * weight); dx is written. x and dy are read once.
 //    Finally each block writes one row of partial sums of dweight and dbias
 //    (float32, in the workspace (2, blocks, dim)); the row groups of a block are
-//    first combined in shared memory, one after another. sum_partials_kernel
-//    then adds the partial rows of each column (32 columns x 16 slices per block,
-//    fixed order) and writes dweight and dbias in the data dtype. No atomics: the
-//    result is deterministic.
+//    first combined in shared memory (2 x dim floats), one after another.
+//    sum_partials_kernel then adds the partial rows of each column (32 columns x
+//    16 slices per block, fixed order) and writes dweight and dbias in the data
+//    dtype. No atomics: the result is deterministic.
 //    (16384, 4096): 256 threads per row, 16 elements each.
 //  * Longer rows: streaming kernels, one 512-thread block per row, nothing
 //    cached: the forward reads x two (rms_norm) or three (layer_norm) times, the

@@ -3,14 +3,15 @@
 //
 // Tiling and what lives where:
 //  * inner == 1 (softmax over the last dim), rows of up to 512 x 32 = 16384
-//    elements: the cached kernels. A group of threads_per_row threads takes one
-//    row (a part of a warp for short rows, one warp, up to 16 warps; see
-//    row_cuda.cuh) and each thread holds up to 32 elements of it in registers
-//    (as float32 in the forward, as 16-byte packs of y and dy in the backward,
-//    loaded with 16-byte accesses). The forward reads x once: row maximum and sum of exp by group
-//    reductions (warp shuffles, plus a 32-float shared scratch across warps),
-//    then writes y from the registers. The backward reads y and dy once:
-//    sum(dy * y) (softmax) or sum(dy) (log_softmax), then writes dx.
+//    elements with 16-byte packs (512 x 16 = 8192 with single elements): the
+//    cached kernels. A group of threads_per_row threads takes one row (a part of
+//    a warp for short rows, one warp, up to 16 warps; see row_cuda.cuh) and each
+//    thread holds up to 32 (16) elements of it in registers: as float32 in the
+//    forward, as packs of y and dy in the backward. The forward reads x once:
+//    row maximum and sum of exp by group reductions (warp shuffles, plus a
+//    32-float shared scratch across warps), one exp per element, then writes y
+//    from the registers. The backward reads y and dy once: sum(dy * y) (softmax)
+//    or sum(dy) (log_softmax), then writes dx.
 //  * inner == 1, longer rows (a vocabulary): the streaming kernels, one block of
 //    512 threads per row, nothing cached. The forward keeps a running
 //    (maximum, sum of exp) per thread in one pass and writes y in a second pass;
