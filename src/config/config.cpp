@@ -433,7 +433,8 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 // The closest candidate that is plausibly a misspelling of `word`: at most
 // max(2, length / 3) edits away, the length being that of the last dotted part
-// (so blocks.1.size is not taken for blocks.1.kind).
+// (so blocks.1.size is not taken for blocks.1.kind); failing that, the shortest
+// candidate that `word` begins.
 std::optional<std::string> closest(const std::string& word, const std::vector<std::string>& candidates) {
   size_t last_part = word.size() - (word.rfind('.') == std::string::npos ? 0 : word.rfind('.') + 1);
   std::optional<std::string> best;
@@ -442,6 +443,10 @@ std::optional<std::string> closest(const std::string& word, const std::vector<st
     size_t distance = edit_distance(word, candidate);
     if (distance < best_distance) best = candidate, best_distance = distance;
   }
+  if (best || word.size() < 3) return best;
+  // A shortened name: "bible" for bible_kjv.
+  for (const std::string& candidate : candidates)
+    if (candidate.rfind(word, 0) == 0 && (!best || candidate.size() < best->size())) best = candidate;
   return best;
 }
 
