@@ -3,7 +3,6 @@
 // synthetic task, and the loader's sharding, reshuffling and exact resume.
 #include <doctest/doctest.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -81,11 +80,10 @@ std::vector<int64_t> first_inputs(const Batch& batch) {
   return firsts;
 }
 
-void write_gzip(const fs::path& path, const std::vector<uint8_t>& bytes) {
-  gzFile file = gzopen(path.c_str(), "wb");
-  REQUIRE(file != nullptr);
-  gzwrite(file, bytes.data(), static_cast<unsigned>(bytes.size()));
-  gzclose(file);
+// zlib reads a file that is not gzip-compressed as it is, so hand-made idx files
+// need no compression.
+void write_bytes(const fs::path& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
 std::vector<uint8_t> idx_header(uint32_t magic, std::vector<uint32_t> dims) {
@@ -230,27 +228,36 @@ TEST_CASE("damaged Fashion-MNIST files are named with what is wrong") {
   good_images.resize(good_images.size() + 2 * 784, 7);
   std::vector<uint8_t> good_labels = idx_header(0x801, {2});
   good_labels.insert(good_labels.end(), {3, 4});
-  write_gzip(images, idx_header(0x801, {2, 28, 28}));
-  write_gzip(labels, good_labels);
+  write_bytes(images, idx_header(0x801, {2, 28, 28}));
+  write_bytes(labels, good_labels);
   CHECK(message_of([&] { read_fashion_mnist(folder.path.string(), Split::Train); }) ==
         images.string() + ": bad magic number 0x00000801, expected 0x00000803 (an idx3 file of unsigned bytes)");
 
   std::vector<uint8_t> short_images(good_images.begin(), good_images.end() - 100);
-  write_gzip(images, short_images);
+  write_bytes(images, short_images);
   CHECK(message_of([&] { read_fashion_mnist(folder.path.string(), Split::Train); }) ==
         images.string() + ": truncated: expected 1568 bytes of pixels after the header, got 1468");
 
-  write_gzip(images, good_images);
+  write_bytes(images, good_images);
   good_labels.back() = 12;
-  write_gzip(labels, good_labels);
+  write_bytes(labels, good_labels);
   CHECK(message_of([&] { read_fashion_mnist(folder.path.string(), Split::Train); }) ==
         labels.string() + ": label 12 of image 1 is not a class in [0, 10)");
 
   good_labels.back() = 4;
-  write_gzip(labels, good_labels);
+  write_bytes(labels, good_labels);
   ImageSet set = read_fashion_mnist(folder.path.string(), Split::Train);
   CHECK(set.count == 2);
   CHECK(set.labels == std::vector<uint8_t>{3, 4});
+
+  // A real compressed file cut in half.
+  const fs::path test_images = folder.path / "t10k-images-idx3-ubyte.gz";
+  fs::copy_file(fs::path(kFashionMnistFolder) / "t10k-images-idx3-ubyte.gz", test_images);
+  fs::resize_file(test_images, fs::file_size(test_images) / 2);
+  fs::copy_file(fs::path(kFashionMnistFolder) / "t10k-labels-idx1-ubyte.gz", folder.path / "t10k-labels-idx1-ubyte.gz");
+  std::string cut = message_of([&] { read_fashion_mnist(folder.path.string(), Split::Val); });
+  CHECK(cut.rfind(test_images.string() + ": truncated: expected 7840000 bytes of pixels after the header, got ", 0) ==
+        0);
 }
 
 // ---------------------------------------------------------------------------
