@@ -1,0 +1,431 @@
+// The state-space ops: selective_scan (Mamba-1 / S6) and causal_conv1d, each with a
+// one-token step. Arguments are checked here (each message names the tensor and
+// the shape it has against the one it needs), parameters and states are converted
+// to the kernels' state dtype (float64 for float64 activations, else float32), and
+// the tape node calls the paired backward kernel.
+//
+// selective_scan saves its (contiguous) inputs and, on CUDA, the state at each
+// chunk boundary (batch, d_inner, n_chunks, N) float32; the backward kernels
+// recompute every other state from them (kernels/selective_scan/).
+#include "strata/ops/ssm.h"
+
+#include "kernels/causal_conv1d/causal_conv1d_cpu.h"
+#include "kernels/selective_scan/selective_scan_cpu.h"
+#include "ops/op_utils.h"
+#include "strata/autograd/autograd.h"
+
+#ifdef STRATA_WITH_CUDA
+#include "kernels/causal_conv1d/causal_conv1d_cuda.h"
+#include "kernels/selective_scan/selective_scan_cuda.h"
+#endif
+
+namespace strata::ops {
+
+namespace {
+
+using kernels::CausalConv1dSizes;
+using kernels::SelectiveScanGrads;
+using kernels::SelectiveScanInputs;
+using kernels::SelectiveScanSizes;
+
+// ---- argument checks ------------------------------------------------------------
+
+void check_rank(const char* op, const char* name, const Tensor& t, int rank, const char* layout) {
+  STRATA_CHECK(t.dim() == rank, "{}: {} {} must be {}", op, name, t.str(), layout);
+}
+
+void check_shape(const char* op, const char* name, const Tensor& t, const Shape& expected, const char* layout) {
+  STRATA_CHECK(t.shape() == expected, "{}: {} {} must have shape {} {}", op, name, t.str(), shape_str(expected),
+               layout);
+}
+
+// An activation: same device and dtype as the reference activation.
+void check_activation(const char* op, const char* name, const Tensor& t, const Tensor& reference,
+                      const char* reference_name) {
+  detail::check_same_device(op, reference, t);
+  STRATA_CHECK(t.dtype() == reference.dtype(), "{}: {} {} must have the dtype of {} ({})", op, name, t.str(),
+               reference_name, dtype_name(reference.dtype()));
+}
+
+// A parameter or state: same device as the activations, their dtype or float32.
+void check_parameter(const char* op, const char* name, const Tensor& t, const Tensor& reference) {
+  detail::check_same_device(op, reference, t);
+  STRATA_CHECK(t.dtype() == reference.dtype() || t.dtype() == DType::Float32, "{}: {} {} must be {}{}", op, name,
+               t.str(), reference.dtype() == DType::Float32 ? "" : dtype_name(reference.dtype()),
+               reference.dtype() == DType::Float32 ? "float32" : " or float32");
+}
+
+// The dtype the kernels keep parameters, states and summed gradients in.
+DType state_dtype_for(DType activation) { return activation == DType::Float64 ? DType::Float64 : DType::Float32; }
+
+Tensor prepared(const Tensor& t, DType dtype) { return t.defined() ? t.to(dtype).contiguous() : Tensor(); }
+
+template <class T>
+T* pointer(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+void* raw_pointer(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+// Calls run(float{}) or run(double{}): the CPU kernels' element type for `dtype`.
+template <class Run>
+void for_cpu_dtype(DType dtype, Run&& run) {
+  if (dtype == DType::Float32)
+    run(float{});
+  else
+    run(double{});
+}
+
+// ---- selective scan -------------------------------------------------------------
+
+// The inputs of a scan as the kernels take them: contiguous, activations in their
+// dtype, parameters and the initial state in the state dtype.
+struct ScanTensors {
+  Tensor u, delta, A, B, C, D, z, delta_bias, initial_state;
+};
+
+// Checks the arguments of selective_scan (with_length) or of one step (the same
+// shapes without the trailing length dim) and returns the sizes.
+SelectiveScanSizes check_scan_arguments(const char* op, bool with_length, const Tensor& u, const Tensor& delta,
+                                        const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D,
+                                        const Tensor& z, const Tensor& delta_bias) {
+  detail::check_defined(op, u, "u");
+  detail::check_defined(op, delta, "delta");
+  detail::check_defined(op, A, "A");
+  detail::check_defined(op, B, "B");
+  detail::check_defined(op, C, "C");
+  const char* activation_layout = with_length ? "(batch, d_inner, length)" : "(batch, d_inner)";
+  const char* bc_layout = with_length ? "(batch, groups, N, length)" : "(batch, groups, N)";
+  check_rank(op, "u", u, with_length ? 3 : 2, activation_layout);
+  check_rank(op, "A", A, 2, "(d_inner, N)");
+  check_rank(op, "B", B, with_length ? 4 : 3, bc_layout);
+  STRATA_CHECK(u.numel() > 0 && A.numel() > 0 && B.numel() > 0, "{}: u {}, A {} and B {} must not be empty", op,
+               u.str(), A.str(), B.str());
+
+  SelectiveScanSizes sizes;
+  sizes.batch = u.shape()[0];
+  sizes.d_inner = u.shape()[1];
+  sizes.length = with_length ? u.shape()[2] : 1;
+  sizes.d_state = A.shape()[1];
+  sizes.groups = B.shape()[1];
+  auto activation_shape = [&](Shape shape) {
+    if (with_length) shape.push_back(sizes.length);
+    return shape;
+  };
+  check_shape(op, "delta", delta, u.shape(), activation_layout);
+  check_shape(op, "A", A, {sizes.d_inner, sizes.d_state}, "(d_inner, N)");
+  check_shape(op, "B", B, activation_shape({sizes.batch, sizes.groups, sizes.d_state}), bc_layout);
+  check_shape(op, "C", C, B.shape(), bc_layout);
+  STRATA_CHECK(sizes.d_inner % sizes.groups == 0, "{}: d_inner {} of u {} is not divisible by the {} groups of B {}",
+               op, sizes.d_inner, u.str(), sizes.groups, B.str());
+  if (D.defined()) check_shape(op, "D", D, {sizes.d_inner}, "(d_inner)");
+  if (z.defined()) check_shape(op, "z", z, u.shape(), activation_layout);
+  if (delta_bias.defined()) check_shape(op, "delta_bias", delta_bias, {sizes.d_inner}, "(d_inner)");
+
+  detail::check_compute_dtype(op, u);
+  check_activation(op, "delta", delta, u, "u");
+  check_activation(op, "B", B, u, "u");
+  check_activation(op, "C", C, u, "u");
+  if (z.defined()) check_activation(op, "z", z, u, "u");
+  check_parameter(op, "A", A, u);
+  if (D.defined()) check_parameter(op, "D", D, u);
+  if (delta_bias.defined()) check_parameter(op, "delta_bias", delta_bias, u);
+#ifdef STRATA_WITH_CUDA
+  if (u.device().is_cuda())
+    STRATA_CHECK(sizes.d_state <= kernels::kSelectiveScanCudaMaxState, "{}: N = {} (A {}) exceeds {} on CUDA", op,
+                 sizes.d_state, A.str(), kernels::kSelectiveScanCudaMaxState);
+#endif
+  return sizes;
+}
+
+template <class T>
+SelectiveScanInputs<T, T> cpu_inputs(const ScanTensors& t) {
+  return {pointer<T>(t.u), pointer<T>(t.delta),      pointer<T>(t.A),
+          pointer<T>(t.B), pointer<T>(t.C),          pointer<T>(t.D),
+          pointer<T>(t.z), pointer<T>(t.delta_bias), pointer<T>(t.initial_state)};
+}
+
+#ifdef STRATA_WITH_CUDA
+SelectiveScanInputs<void, float> cuda_inputs(const ScanTensors& t) {
+  return {raw_pointer(t.u),
+          raw_pointer(t.delta),
+          pointer<float>(t.A),
+          raw_pointer(t.B),
+          raw_pointer(t.C),
+          pointer<float>(t.D),
+          raw_pointer(t.z),
+          pointer<float>(t.delta_bias),
+          pointer<float>(t.initial_state)};
+}
+#endif
+
+// y and (when final_state is defined) the final state; checkpoints (CUDA only) when
+// a backward pass will follow.
+void scan_forward(const SelectiveScanSizes& sizes, const ScanTensors& t, const Tensor& y, const Tensor& final_state,
+                  const Tensor& checkpoints) {
+  if (t.u.device().is_cpu()) {
+    for_cpu_dtype(t.u.dtype(), [&]<class T>(T) {
+      kernels::selective_scan_forward_cpu(sizes, cpu_inputs<T>(t), y.data<T>(), pointer<T>(final_state));
+    });
+    return;
+  }
+#ifdef STRATA_WITH_CUDA
+  bool supported = kernels::selective_scan_forward_cuda(t.u.dtype(), sizes, cuda_inputs(t), y.data_ptr(),
+                                                        pointer<float>(final_state), pointer<float>(checkpoints));
+  STRATA_CHECK(supported, "selective_scan: {} is not supported on CUDA", t.u.str());
+#endif
+}
+
+// Gradients in the order of the node's inputs (u, delta, A, B, C, D, z, delta_bias,
+// initial_state); undefined for absent inputs. original_dtypes: the dtype of each
+// input as given, which its gradient takes.
+std::vector<Tensor> scan_backward(const SelectiveScanSizes& sizes, const ScanTensors& t, const Tensor& checkpoints,
+                                  const Tensor& grad_y, const Tensor& grad_final_state,
+                                  const std::vector<DType>& original_dtypes) {
+  const Device device = t.u.device();
+  const DType value_dtype = t.u.dtype(), state_dtype = state_dtype_for(value_dtype);
+  const Shape activation_shape = t.u.shape(), state_shape{sizes.batch, sizes.d_inner, sizes.d_state};
+  Tensor grad_out = grad_y.to(value_dtype).contiguous();
+  Tensor grad_final = prepared(grad_final_state, state_dtype);
+
+  Tensor du = Tensor::empty(activation_shape, value_dtype, device);
+  Tensor ddelta = Tensor::empty(activation_shape, value_dtype, device);
+  Tensor dz = t.z.defined() ? Tensor::empty(activation_shape, value_dtype, device) : Tensor();
+  Tensor dA = Tensor::zeros(t.A.shape(), state_dtype, device);
+  Tensor dB = Tensor::zeros(t.B.shape(), state_dtype, device);
+  Tensor dC = Tensor::zeros(t.C.shape(), state_dtype, device);
+  Tensor dD = t.D.defined() ? Tensor::zeros(t.D.shape(), state_dtype, device) : Tensor();
+  Tensor ddelta_bias = t.delta_bias.defined() ? Tensor::zeros(t.delta_bias.shape(), state_dtype, device) : Tensor();
+  Tensor dinitial = t.initial_state.defined() ? Tensor::empty(state_shape, state_dtype, device) : Tensor();
+
+  if (device.is_cpu()) {
+    for_cpu_dtype(value_dtype, [&]<class T>(T) {
+      SelectiveScanGrads<T, T> grads{pointer<T>(du), pointer<T>(ddelta),      pointer<T>(dz),
+                                     pointer<T>(dA), pointer<T>(dB),          pointer<T>(dC),
+                                     pointer<T>(dD), pointer<T>(ddelta_bias), pointer<T>(dinitial)};
+      kernels::selective_scan_backward_cpu(sizes, cpu_inputs<T>(t), grad_out.data<T>(), pointer<T>(grad_final), grads);
+    });
+  } else {
+#ifdef STRATA_WITH_CUDA
+    SelectiveScanGrads<void, float> grads{raw_pointer(du),    raw_pointer(ddelta),         raw_pointer(dz),
+                                          pointer<float>(dA), pointer<float>(dB),          pointer<float>(dC),
+                                          pointer<float>(dD), pointer<float>(ddelta_bias), pointer<float>(dinitial)};
+    bool supported =
+        kernels::selective_scan_backward_cuda(value_dtype, sizes, cuda_inputs(t), checkpoints.data<float>(),
+                                              grad_out.data_ptr(), pointer<float>(grad_final), grads);
+    STRATA_CHECK(supported, "selective_scan backward: {} is not supported on CUDA", t.u.str());
+#endif
+  }
+  std::vector<Tensor> grads{du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial};
+  for (size_t i = 0; i < grads.size(); ++i)
+    if (grads[i].defined()) grads[i] = grads[i].to(original_dtypes[i]);
+  return grads;
+}
+
+// ---- causal conv1d --------------------------------------------------------------
+
+// Checks x (batch, channels[, length]) against weight and bias; returns the sizes.
+CausalConv1dSizes check_conv_arguments(const char* op, bool with_length, const Tensor& x, const Tensor& weight,
+                                       const Tensor& bias, bool silu) {
+  detail::check_defined(op, x, "x");
+  detail::check_defined(op, weight, "weight");
+  check_rank(op, "x", x, with_length ? 3 : 2, with_length ? "(batch, channels, length)" : "(batch, channels)");
+  check_rank(op, "weight", weight, 2, "(channels, kernel_size)");
+  CausalConv1dSizes sizes;
+  sizes.batch = x.shape()[0];
+  sizes.channels = x.shape()[1];
+  sizes.length = with_length ? x.shape()[2] : 1;
+  sizes.kernel_size = weight.shape()[1];
+  sizes.silu = silu;
+  check_shape(op, "weight", weight, {sizes.channels, sizes.kernel_size}, "(channels, kernel_size)");
+  STRATA_CHECK(sizes.kernel_size >= 2 && sizes.kernel_size <= kernels::kCausalConv1dMaxKernel,
+               "{}: kernel_size {} of weight {} is outside 2..{}", op, sizes.kernel_size, weight.str(),
+               kernels::kCausalConv1dMaxKernel);
+  if (bias.defined()) check_shape(op, "bias", bias, {sizes.channels}, "(channels)");
+  detail::check_compute_dtype(op, x);
+  check_parameter(op, "weight", weight, x);
+  if (bias.defined()) check_parameter(op, "bias", bias, x);
+  return sizes;
+}
+
+std::vector<Tensor> conv_backward(const CausalConv1dSizes& sizes, const Tensor& x, const Tensor& weight,
+                                  const Tensor& bias, const Tensor& grad_y, DType weight_dtype, DType bias_dtype) {
+  const Device device = x.device();
+  const DType state_dtype = state_dtype_for(x.dtype());
+  Tensor grad_out = grad_y.to(x.dtype()).contiguous();
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), device);
+  Tensor dweight = Tensor::zeros(weight.shape(), state_dtype, device);
+  Tensor dbias = bias.defined() ? Tensor::zeros(bias.shape(), state_dtype, device) : Tensor();
+  if (device.is_cpu()) {
+    for_cpu_dtype(x.dtype(), [&]<class T>(T) {
+      kernels::causal_conv1d_backward_cpu(sizes, x.data<T>(), weight.data<T>(), pointer<T>(bias), grad_out.data<T>(),
+                                          dx.data<T>(), dweight.data<T>(), pointer<T>(dbias));
+    });
+  } else {
+#ifdef STRATA_WITH_CUDA
+    bool supported = kernels::causal_conv1d_backward_cuda(x.dtype(), sizes, x.data_ptr(), weight.data<float>(),
+                                                          pointer<float>(bias), grad_out.data_ptr(), dx.data_ptr(),
+                                                          dweight.data<float>(), pointer<float>(dbias));
+    STRATA_CHECK(supported, "causal_conv1d backward: {} is not supported on CUDA", x.str());
+#endif
+  }
+  return {dx, dweight.to(weight_dtype), bias.defined() ? dbias.to(bias_dtype) : Tensor()};
+}
+
+}  // namespace
+
+SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                                   const Tensor& C, const SelectiveScanOptions& options) {
+  const char* op = "selective_scan";
+  SelectiveScanSizes sizes =
+      check_scan_arguments(op, true, u, delta, A, B, C, options.D, options.z, options.delta_bias);
+  sizes.delta_softplus = options.delta_softplus;
+  sizes.reverse = options.reverse;
+  const Shape state_shape{sizes.batch, sizes.d_inner, sizes.d_state};
+  if (options.initial_state.defined()) {
+    check_shape(op, "initial_state", options.initial_state, state_shape, "(batch, d_inner, N)");
+    check_parameter(op, "initial_state", options.initial_state, u);
+  }
+
+  const Device device = u.device();
+  const DType state_dtype = state_dtype_for(u.dtype());
+  ScanTensors saved{u.contiguous(),
+                    delta.contiguous(),
+                    prepared(A, state_dtype),
+                    B.contiguous(),
+                    C.contiguous(),
+                    prepared(options.D, state_dtype),
+                    options.z.defined() ? options.z.contiguous() : Tensor(),
+                    prepared(options.delta_bias, state_dtype),
+                    prepared(options.initial_state, state_dtype)};
+  std::vector<Tensor> inputs{u, delta, A, B, C, options.D, options.z, options.delta_bias, options.initial_state};
+  const bool recording = autograd::needs_grad(inputs);
+
+  SelectiveScanResult result;
+  result.y = Tensor::empty(u.shape(), u.dtype(), device);
+  if (options.return_final_state) result.final_state = Tensor::empty(state_shape, state_dtype, device);
+  Tensor checkpoints;
+#ifdef STRATA_WITH_CUDA
+  if (device.is_cuda() && recording) {
+    int64_t chunk = kernels::selective_scan_cuda_chunk_length(sizes.d_state);
+    checkpoints = Tensor::empty({sizes.batch, sizes.d_inner, (sizes.length + chunk - 1) / chunk, sizes.d_state},
+                                DType::Float32, device);
+  }
+#endif
+  scan_forward(sizes, saved, result.y, result.final_state, checkpoints);
+  if (!recording) return result;
+
+  std::vector<DType> original_dtypes;
+  for (const Tensor& t : inputs) original_dtypes.push_back(t.defined() ? t.dtype() : u.dtype());
+  std::vector<Tensor> outputs{result.y};
+  if (options.return_final_state) outputs.push_back(result.final_state);
+  autograd::record(op, inputs, outputs, [sizes, saved, checkpoints, original_dtypes](const std::vector<Tensor>& grads) {
+    return scan_backward(sizes, saved, checkpoints, grads[0], grads.size() > 1 ? grads[1] : Tensor(), original_dtypes);
+  });
+  result.y = outputs[0];
+  if (options.return_final_state) result.final_state = outputs[1];
+  return result;
+}
+
+Tensor selective_scan_step(const Tensor& state, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                           const Tensor& C, const SelectiveScanStepOptions& options) {
+  const char* op = "selective_scan_step";
+  SelectiveScanSizes sizes =
+      check_scan_arguments(op, false, u, delta, A, B, C, options.D, options.z, options.delta_bias);
+  sizes.delta_softplus = options.delta_softplus;
+  detail::check_defined(op, state, "state");
+  const DType state_dtype = state_dtype_for(u.dtype());
+  check_shape(op, "state", state, {sizes.batch, sizes.d_inner, sizes.d_state}, "(batch, d_inner, N)");
+  detail::check_same_device(op, u, state);
+  STRATA_CHECK(state.dtype() == state_dtype && state.is_contiguous(), "{}: state {} must be a contiguous {} tensor", op,
+               state.str(), dtype_name(state_dtype));
+  STRATA_CHECK(!autograd::needs_grad({&state, &u, &delta, &A, &B, &C, &options.D, &options.z, &options.delta_bias}),
+               "{}: is not differentiable (it updates its state in place); call it under autograd::NoGradGuard", op);
+
+  ScanTensors t{u.contiguous(),
+                delta.contiguous(),
+                prepared(A, state_dtype),
+                B.contiguous(),
+                C.contiguous(),
+                prepared(options.D, state_dtype),
+                options.z.defined() ? options.z.contiguous() : Tensor(),
+                prepared(options.delta_bias, state_dtype),
+                Tensor()};
+  Tensor y = Tensor::empty(u.shape(), u.dtype(), u.device());
+  state.storage().bump_version();
+  if (u.device().is_cpu()) {
+    // The scan over one position, reading its initial state from `state` and writing
+    // its final state there (the CPU kernel allows the two to alias).
+    for_cpu_dtype(u.dtype(), [&]<class T>(T) {
+      SelectiveScanInputs<T, T> inputs = cpu_inputs<T>(t);
+      inputs.initial_state = state.data<T>();
+      kernels::selective_scan_forward_cpu(sizes, inputs, y.data<T>(), state.data<T>());
+    });
+  } else {
+#ifdef STRATA_WITH_CUDA
+    bool supported =
+        kernels::selective_scan_step_cuda(u.dtype(), sizes, cuda_inputs(t), state.data<float>(), y.data_ptr());
+    STRATA_CHECK(supported, "{}: {} is not supported on CUDA", op, u.str());
+#endif
+  }
+  return y;
+}
+
+Tensor causal_conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, bool silu) {
+  const char* op = "causal_conv1d";
+  CausalConv1dSizes sizes = check_conv_arguments(op, true, x, weight, bias, silu);
+  const DType state_dtype = state_dtype_for(x.dtype());
+  Tensor x_saved = x.contiguous(), weight_saved = prepared(weight, state_dtype),
+         bias_saved = prepared(bias, state_dtype);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.device().is_cpu()) {
+    for_cpu_dtype(x.dtype(), [&]<class T>(T) {
+      kernels::causal_conv1d_forward_cpu(sizes, x_saved.data<T>(), weight_saved.data<T>(), pointer<T>(bias_saved),
+                                         y.data<T>());
+    });
+  } else {
+#ifdef STRATA_WITH_CUDA
+    bool supported = kernels::causal_conv1d_forward_cuda(
+        x.dtype(), sizes, x_saved.data_ptr(), weight_saved.data<float>(), pointer<float>(bias_saved), y.data_ptr());
+    STRATA_CHECK(supported, "{}: {} is not supported on CUDA", op, x.str());
+#endif
+  }
+  const DType weight_dtype = weight.dtype(), bias_dtype = bias.defined() ? bias.dtype() : weight.dtype();
+  autograd::record(op, {x, weight, bias}, y,
+                   [sizes, x_saved, weight_saved, bias_saved, weight_dtype, bias_dtype](const Tensor& grad) {
+                     return conv_backward(sizes, x_saved, weight_saved, bias_saved, grad, weight_dtype, bias_dtype);
+                   });
+  return y;
+}
+
+Tensor causal_conv1d_step(const Tensor& conv_state, const Tensor& x, const Tensor& weight, const Tensor& bias,
+                          bool silu) {
+  const char* op = "causal_conv1d_step";
+  CausalConv1dSizes sizes = check_conv_arguments(op, false, x, weight, bias, silu);
+  detail::check_defined(op, conv_state, "conv_state");
+  check_shape(op, "conv_state", conv_state, {sizes.batch, sizes.channels, sizes.kernel_size - 1},
+              "(batch, channels, kernel_size - 1)");
+  detail::check_same_device(op, x, conv_state);
+  STRATA_CHECK(conv_state.dtype() == x.dtype() && conv_state.is_contiguous(),
+               "{}: conv_state {} must be a contiguous {} tensor", op, conv_state.str(), dtype_name(x.dtype()));
+  STRATA_CHECK(!autograd::needs_grad({&conv_state, &x, &weight, &bias}),
+               "{}: is not differentiable (it updates its state in place); call it under autograd::NoGradGuard", op);
+  const DType state_dtype = state_dtype_for(x.dtype());
+  Tensor x_c = x.contiguous(), weight_c = prepared(weight, state_dtype), bias_c = prepared(bias, state_dtype);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  conv_state.storage().bump_version();
+  if (x.device().is_cpu()) {
+    for_cpu_dtype(x.dtype(), [&]<class T>(T) {
+      kernels::causal_conv1d_step_cpu(sizes, conv_state.data<T>(), x_c.data<T>(), weight_c.data<T>(),
+                                      pointer<T>(bias_c), y.data<T>());
+    });
+  } else {
+#ifdef STRATA_WITH_CUDA
+    bool supported = kernels::causal_conv1d_step_cuda(x.dtype(), sizes, conv_state.data_ptr(), x_c.data_ptr(),
+                                                      weight_c.data<float>(), pointer<float>(bias_c), y.data_ptr());
+    STRATA_CHECK(supported, "{}: {} is not supported on CUDA", op, x.str());
+#endif
+  }
+  return y;
+}
+
+}  // namespace strata::ops
