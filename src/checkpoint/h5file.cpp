@@ -266,8 +266,10 @@ void H5Writer::commit() {
   // The data must be on disk before the new name points at it, and the rename
   // must be on disk before anyone is told the file exists.
   int fd = ::open(temporary_path_.c_str(), O_RDONLY);
-  STRATA_CHECK(fd >= 0 && ::fsync(fd) == 0, "{}: cannot fsync {}: {}", path_, temporary_path_, std::strerror(errno));
-  ::close(fd);
+  bool synced = fd >= 0 && ::fsync(fd) == 0;
+  int error = errno;
+  if (fd >= 0) ::close(fd);
+  STRATA_CHECK(synced, "{}: cannot fsync {}: {}", path_, temporary_path_, std::strerror(error));
   STRATA_CHECK(std::rename(temporary_path_.c_str(), path_.c_str()) == 0, "{}: cannot rename {} onto it: {}", path_,
                temporary_path_, std::strerror(errno));
   committed_ = true;

@@ -7,6 +7,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <filesystem>
@@ -294,28 +295,14 @@ void apply_override(Node& root, const std::string& path, const std::string& yaml
 // ---------------------------------------------------------------------------
 // Reading values.
 
+// What a getter of T expects, for messages.
 template <class T>
-struct TypeInfo;
-template <>
-struct TypeInfo<bool> {
-  static constexpr const char* expected = "true or false";
-};
-template <>
-struct TypeInfo<int> {
-  static constexpr const char* expected = "an integer";
-};
-template <>
-struct TypeInfo<int64_t> {
-  static constexpr const char* expected = "an integer";
-};
-template <>
-struct TypeInfo<double> {
-  static constexpr const char* expected = "a number";
-};
-template <>
-struct TypeInfo<std::string> {
-  static constexpr const char* expected = "a string";
-};
+constexpr const char* expected_text() {
+  if constexpr (std::is_same_v<T, bool>) return "true or false";
+  else if constexpr (std::is_integral_v<T>) return "an integer";
+  else if constexpr (std::is_floating_point_v<T>) return "a number";
+  else return "a string";
+}
 
 [[noreturn]] void fail_expected(const Node& node, const std::string& path, const std::string& expected) {
   STRATA_FAIL("{}: {}: expected {}, got {}", where(node.source), path, expected, describe(node));
@@ -374,7 +361,7 @@ std::optional<int64_t> parse_int64(std::string text) {
 
 template <class T>
 T scalar_value(const Node& node, const std::string& path) {
-  if (node.kind != Node::Kind::Scalar) fail_expected(node, path, TypeInfo<T>::expected);
+  if (node.kind != Node::Kind::Scalar) fail_expected(node, path, expected_text<T>());
   if constexpr (std::is_same_v<T, std::string>) {
     return node.text;
   } else if constexpr (std::is_same_v<T, bool>) {
@@ -389,7 +376,7 @@ T scalar_value(const Node& node, const std::string& path) {
       fail_expected(node, path,
                     fmt::format("an integer in [{}, {}]", std::numeric_limits<T>::min(), std::numeric_limits<T>::max()));
   }
-  fail_expected(node, path, TypeInfo<T>::expected);
+  fail_expected(node, path, expected_text<T>());
 }
 
 template <class T>
