@@ -1,0 +1,38 @@
+// Models: one file per family in src/models/, registered by the name a recipe
+// gives in `model.family`. A model reads its hyper-parameters from the recipe's
+// `model` section (validated there) and maps a batch's inputs to logits.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "strata/config/config.h"
+#include "strata/core/rng.h"
+#include "strata/nn/module.h"
+
+namespace strata::models {
+
+enum class Task { LanguageModel, Classifier };
+
+class Model : public nn::Module {
+ public:
+  // Language models: tokens (batch, length) int64 -> logits (batch, length, vocab).
+  // Classifiers: inputs (batch, ...) -> logits (batch, classes).
+  virtual Tensor forward(const Tensor& inputs) = 0;
+  virtual Task task() const = 0;
+  // Language models: the longest context the model accepts (generation crops to it).
+  virtual int64_t max_length() const { return 0; }
+};
+
+using ModelFactory = std::function<std::shared_ptr<Model>(const config::Config& config, Generator& generator)>;
+
+// Registers a family at static-initialisation time: `static const bool registered =
+// register_family("transformer", ...)`.
+bool register_family(const std::string& name, ModelFactory factory);
+std::vector<std::string> families();
+// Builds the model named by `model.family`, initialised from `generator` on the CPU.
+std::shared_ptr<Model> build_model(const config::Config& config, Generator& generator);
+
+}  // namespace strata::models

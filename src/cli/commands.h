@@ -1,0 +1,18 @@
+// Subcommands of the strata program. Each registers its flags on the app and runs
+// from its parse callback; the exit code it sets is the program's.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace strata::cli {
+
+void add_commands(CLI::App& app);
+int exit_code();
+void set_exit_code(int code);
+
+// Defined in their own files.
+void add_bench_command(CLI::App& app);
+void add_prepare_command(CLI::App& app);
+void add_plot_command(CLI::App& app);
+
+}  // namespace strata::cli
