@@ -9,10 +9,11 @@ build=${1:-build}
 rm -rf dist && mkdir -p dist/tests
 cp "$build/strata" "$build/libstrata.so" dist/
 find "$build/tests" -maxdepth 1 -type f -name '*_test' -exec cp {} dist/tests/ \;
-# Everything ldd resolves, minus the C/C++ runtime (present everywhere) and CUDA's own
+# Everything ldd resolves, minus glibc and the C++ runtime (present everywhere, and
+# glibc's parts must match each other) and CUDA's own
 # libraries (present on the GPU machine, matched to its driver).
 ldd dist/strata dist/libstrata.so dist/tests/* 2>/dev/null | awk '/=> \//{print $3}' | sort -u |
-  grep -v -E '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' |
+  grep -v -E '/(libc|libm|libdl|librt|libpthread|libresolv|libutil|libanl|libnss_[a-z]+|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' |
   grep -v -E 'lib(cuda|cudart|cublas|cublasLt|cufft|cudnn[a-z_]*|nccl|nvrtc|nvJitLink)\.so' |
   grep -v "^$PWD/" | while read -r lib; do cp -L "$lib" dist/; done
 cp scripts/run-gpu-tests.sh dist/

@@ -5,6 +5,7 @@
 set -uo pipefail
 tool=${1:-}
 filter=${2:-}
+export STRATA_BINARY=$PWD/dist/strata
 failed=0
 log="${OUT:-/tmp}/gpu-tests${tool:+.$tool}.log"
 : >"$log"

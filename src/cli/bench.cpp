@@ -102,7 +102,7 @@ void bench(const BenchOptions& o) {
   if (wanted(o, "norm")) {
     for (DType dtype : {low, DType::Float32}) {
       Tensor x = random({rows, dim}, dtype), dy = random({rows, dim}, dtype);
-      Tensor weight = random({dim}, DType::Float32), bias = random({dim}, DType::Float32);
+      Tensor weight = random({dim}, dtype), bias = random({dim}, dtype);
       double element = static_cast<double>(dtype_size(dtype));
       double forward_bytes = 2.0 * static_cast<double>(rows * dim) * element;   // read x, write y
       double backward_bytes = 3.0 * static_cast<double>(rows * dim) * element;  // read x and dy, write dx

@@ -90,9 +90,11 @@ class MetricsLog {
 // The metrics an evaluation adds: loss, and bits per byte for byte-level language
 // models or accuracy where positions are scored as answers.
 nlohmann::json evaluation_record(const Session& s, const Evaluation& e) {
-  nlohmann::json r = {{"eval_loss", e.loss}, {"eval_perplexity", std::exp(e.loss)}};
-  if (s.model->task() == models::Task::LanguageModel && s.config.get<int64_t>("model.vocab_size", 256) == 256)
-    r["eval_bits_per_byte"] = e.loss / std::log(2.0);
+  nlohmann::json r = {{"eval_loss", e.loss}};
+  if (s.model->task() == models::Task::LanguageModel) {
+    r["eval_perplexity"] = std::exp(e.loss);
+    if (s.config.get<int64_t>("model.vocab_size", 256) == 256) r["eval_bits_per_byte"] = e.loss / std::log(2.0);
+  }
   if (e.accuracy >= 0) r["eval_accuracy"] = e.accuracy;
   return r;
 }
@@ -155,11 +157,14 @@ int run(Session& s, bool resumed) {
       double total_elapsed = std::chrono::duration<double>(now - start).count();
       double eta = total_elapsed / static_cast<double>(s.step - start_step) * static_cast<double>(t.steps - s.step);
       int64_t memory = s.device.is_cuda() ? memory_stats(s.device).peak_bytes : 0;
+      // Targets per second: tokens for language models, samples for classifiers.
+      bool per_token = s.model->task() == models::Task::LanguageModel;
       metrics.write({{"step", s.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
-                     {"tokens_per_second", tokens_per_second}, {"tokens_seen", s.tokens_seen},
+                     {per_token ? "tokens_per_second" : "samples_per_second", tokens_per_second},
+                     {per_token ? "tokens_seen" : "samples_seen", s.tokens_seen},
                      {"peak_memory_bytes", memory}, {"elapsed_seconds", total_elapsed}});
-      std::string line = fmt::format("step {}/{}  loss {:.4f}  lr {:.2e}  {:.0f} tok/s{}  eta {}", s.step, t.steps, loss,
-                                     lr, tokens_per_second,
+      std::string line = fmt::format("step {}/{}  loss {:.4f}  lr {:.2e}  {:.0f} {}/s{}  eta {}", s.step, t.steps, loss,
+                                     lr, tokens_per_second, per_token ? "tok" : "samples",
                                      memory ? fmt::format("  mem {:.2f} GiB", static_cast<double>(memory) / (1 << 30)) : "",
                                      format_duration(eta));
       if (interactive) {
