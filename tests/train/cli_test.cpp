@@ -173,6 +173,15 @@ TEST_CASE("eval of a checkpoint reproduces the evaluation logged at that step") 
   CHECK(result["step"] == 6);
   CHECK(result["eval_loss"].get<double>() == doctest::Approx(logged).epsilon(1e-9));
   CHECK(result.contains("eval_bits_per_byte"));
+
+  // Sampling is reproducible for a seed and continues the prompt.
+  std::string checkpoint = (run / "checkpoints/step_00000012.h5").string();
+  Result first = run_strata("generate " + checkpoint + " --prompt \"In the\" --tokens 40 --seed 3");
+  Result second = run_strata("generate " + checkpoint + " --prompt \"In the\" --tokens 40 --seed 3");
+  REQUIRE_MESSAGE(first.exit_code == 0, first.err);
+  CHECK(first.out == second.out);
+  CHECK(first.out.rfind("In the", 0) == 0);
+  CHECK(first.out.size() == std::string("In the").size() + 40 + 1);
 }
 
 TEST_CASE("SIGTERM finishes the step, writes a loadable checkpoint and exits 0") {
