@@ -4,7 +4,7 @@
 # the CUDA back end is built, otherwise Strata builds for the CPU alone.
 set -euo pipefail
 packages=(build-essential cmake ninja-build ccache pkg-config
-  libomp-dev libyaml-cpp-dev libhdf5-dev doctest-dev libfmt-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
+  libomp-dev libyaml-cpp-dev libhdf5-dev doctest-dev libfmt-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libgloo-dev
   gnuplot-nox bible-kjv dataset-fashion-mnist)
 missing=()
 for p in "${packages[@]}"; do

@@ -14,5 +14,6 @@ void set_exit_code(int code);
 void add_bench_command(CLI::App& app);
 void add_prepare_command(CLI::App& app);
 void add_plot_command(CLI::App& app);
+void add_dist_commands(CLI::App& app);  // launch, bench-comm, rank flags of train/resume (src/cli/launch.cpp)
 
 }  // namespace strata::cli
