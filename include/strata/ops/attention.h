@@ -37,8 +37,8 @@ struct AttentionOptions {
   std::optional<double> scale;  // default 1 / sqrt(head_dim)
   // Additive bias broadcastable to (batch, heads, Lq, Lk): a trained bias, an ALiBi
   // slope table, or a mask (-inf where a key must not be seen). Read through its
-  // strides, so a broadcast bias (for example (batch, 1, 1, Lk)) costs no copy in
-  // the forward pass; its gradient is formed at full size and summed down.
+  // strides, so a broadcast bias such as (batch, 1, 1, Lk) is never expanded in the
+  // forward pass; its gradient is formed at full size and summed down.
   Tensor bias;
   Tensor sinks;  // (heads): sink logits
   // Selective Attention (arXiv 2411.12892): per-query and per-key temperatures that
