@@ -87,7 +87,8 @@ std::vector<int32_t> forward_order(RouteKind kind, int64_t H, int64_t W) {
     }
     case RouteKind::Sublattice2: {
       // (row parity, column parity, column-major?) of EfficientVMamba's four atrous routes.
-      constexpr std::tuple<int64_t, int64_t, bool> kLattices[] = {{0, 0, false}, {1, 0, true}, {0, 1, false}, {1, 1, true}};
+      constexpr std::tuple<int64_t, int64_t, bool> kLattices[] = {
+          {0, 0, false}, {1, 0, true}, {0, 1, false}, {1, 1, true}};
       for (const auto& [row_parity, column_parity, column_major] : kLattices) {
         if (column_major) {
           for (int64_t j = column_parity; j < W; j += 2)
@@ -276,7 +277,8 @@ Tensor route_scatter(const Tensor& y, const RouteTable& table) {
   const char* op = "route_scatter";
   kernels::RouteGatherSizes sizes = check_routed(op, "y", y, table, true);
   Tensor out = run_gather(sizes, y, table, true);
-  autograd::record(op, {y}, out, [table](const Tensor& grad) { return std::vector<Tensor>{route_gather(grad, table)}; });
+  autograd::record(op, {y}, out,
+                   [table](const Tensor& grad) { return std::vector<Tensor>{route_gather(grad, table)}; });
   return out;
 }
 
@@ -285,7 +287,8 @@ Tensor route_merge(const Tensor& y, const RouteTable& table) {
   kernels::RouteGatherSizes sizes = check_routed(op, "y", y, table, true);
   sizes.sum_routes = true;
   Tensor out = run_gather(sizes, y, table, true);
-  autograd::record(op, {y}, out, [table](const Tensor& grad) { return std::vector<Tensor>{route_gather(grad, table)}; });
+  autograd::record(op, {y}, out,
+                   [table](const Tensor& grad) { return std::vector<Tensor>{route_gather(grad, table)}; });
   return out;
 }
 

@@ -50,9 +50,7 @@ void check_parameter(const char* op, const char* name, const Tensor& t, const Te
 }
 
 // The dtype the kernels keep parameters, states and their gradients in.
-DType parameter_dtype_for(DType activation) {
-  return activation == DType::Float64 ? DType::Float64 : DType::Float32;
-}
+DType parameter_dtype_for(DType activation) { return activation == DType::Float64 ? DType::Float64 : DType::Float32; }
 
 // The copies a tape node keeps: contiguous, without autograd history.
 Tensor prepared(const Tensor& t, DType dtype) { return t.defined() ? t.to(dtype).contiguous().detach() : Tensor(); }
@@ -133,7 +131,7 @@ SsdInputs<T, T> cpu_inputs(const SsdTensors& t) {
 
 #ifdef STRATA_WITH_CUDA
 SsdInputs<void, float> cuda_inputs(const SsdTensors& t) {
-  return {raw_pointer(t.x), raw_pointer(t.dt), pointer<float>(t.A),       raw_pointer(t.B),
+  return {raw_pointer(t.x), raw_pointer(t.dt),   pointer<float>(t.A),       raw_pointer(t.B),
           raw_pointer(t.C), pointer<float>(t.D), pointer<float>(t.dt_bias), pointer<float>(t.initial_state)};
 }
 #endif
@@ -177,8 +175,9 @@ std::vector<Tensor> ssd_backward(const SsdSizes& sizes, const SsdTensors& t, con
     });
   } else {
 #ifdef STRATA_WITH_CUDA
-    SsdGrads<void, float> grads{raw_pointer(dx), raw_pointer(ddt), pointer<float>(dA),       raw_pointer(dB),
-                                raw_pointer(dC), pointer<float>(dD), pointer<float>(ddt_bias), pointer<float>(dinitial)};
+    SsdGrads<void, float> grads{raw_pointer(dx),          raw_pointer(ddt),        pointer<float>(dA),
+                                raw_pointer(dB),          raw_pointer(dC),         pointer<float>(dD),
+                                pointer<float>(ddt_bias), pointer<float>(dinitial)};
     Tensor workspace = Tensor::empty({kernels::ssd_backward_cuda_workspace(sizes)}, DType::Float32, device);
     bool supported = kernels::ssd_backward_cuda(value_dtype, sizes, cuda_inputs(t), grad_out.data_ptr(),
                                                 pointer<float>(grad_final), grads, workspace.data<float>());
@@ -218,6 +217,33 @@ NormSizes check_norm_arguments(const Tensor& x, const Tensor& z, const Tensor& w
     check_activation(op, "weight", weight, x);
   }
   return sizes;
+}
+
+// Gradients of x, z and weight (undefined where the forward had no z or weight).
+std::vector<Tensor> norm_backward(const NormSizes& sizes, const Tensor& grad, const Tensor& x, const Tensor& z,
+                                  const Tensor& weight, const Tensor& rstd) {
+  const Device device = x.device();
+  Tensor dy = grad.to(x.dtype()).contiguous();
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), device);
+  Tensor dz = z.defined() ? Tensor::empty(z.shape(), z.dtype(), device) : Tensor();
+  Tensor dweight = weight.defined() ? Tensor::empty(weight.shape(), weight.dtype(), device) : Tensor();
+  if (device.is_cpu()) {
+    for_cpu_dtype(x.dtype(), [&]<class T>(T) {
+      kernels::gated_rms_norm_backward_cpu<T>(dy.data<T>(), x.data<T>(), pointer<T>(z), pointer<T>(weight),
+                                              rstd.data<T>(), dx.data<T>(), pointer<T>(dz), pointer<T>(dweight),
+                                              sizes.rows, sizes.dim, sizes.group_size);
+    });
+  } else {
+#ifdef STRATA_WITH_CUDA
+    Tensor workspace =
+        Tensor::empty({kernels::gated_rms_norm_cuda_workspace(sizes.rows, sizes.dim)}, DType::Float32, device);
+    bool supported = kernels::gated_rms_norm_backward_cuda(
+        x.dtype(), dy.data_ptr(), x.data_ptr(), raw_pointer(z), raw_pointer(weight), rstd.data<float>(), dx.data_ptr(),
+        raw_pointer(dz), raw_pointer(dweight), workspace.data<float>(), sizes.rows, sizes.dim, sizes.group_size);
+    STRATA_CHECK(supported, "gated_rms_norm backward: {} is not supported on CUDA", x.str());
+#endif
+  }
+  return {dx, dz, dweight};
 }
 
 }  // namespace
@@ -277,34 +303,7 @@ Tensor gated_rms_norm(const Tensor& x, const Tensor& z, const Tensor& weight, do
   }
   autograd::record("gated_rms_norm", {x, z, weight}, y,
                    [sizes, x_saved, z_saved, weight_saved, rstd](const Tensor& grad) {
-                     const Device device = x_saved.device();
-                     Tensor dy = grad.to(x_saved.dtype()).contiguous();
-                     Tensor dx = Tensor::empty(x_saved.shape(), x_saved.dtype(), device);
-                     Tensor dz = z_saved.defined() ? Tensor::empty(z_saved.shape(), z_saved.dtype(), device) : Tensor();
-                     Tensor dweight = weight_saved.defined()
-                                          ? Tensor::empty(weight_saved.shape(), weight_saved.dtype(), device)
-                                          : Tensor();
-                     if (device.is_cpu()) {
-                       for_cpu_dtype(x_saved.dtype(), [&]<class T>(T) {
-                         kernels::gated_rms_norm_backward_cpu<T>(
-                             dy.data<T>(), x_saved.data<T>(), pointer<T>(z_saved), pointer<T>(weight_saved),
-                             rstd.data<T>(), dx.data<T>(), pointer<T>(dz), pointer<T>(dweight), sizes.rows, sizes.dim,
-                             sizes.group_size);
-                       });
-                     } else {
-#ifdef STRATA_WITH_CUDA
-                       Tensor workspace =
-                           Tensor::empty({kernels::gated_rms_norm_cuda_workspace(sizes.rows, sizes.dim)},
-                                         DType::Float32, device);
-                       bool supported = kernels::gated_rms_norm_backward_cuda(
-                           x_saved.dtype(), dy.data_ptr(), x_saved.data_ptr(), raw_pointer(z_saved),
-                           raw_pointer(weight_saved), rstd.data<float>(), dx.data_ptr(), raw_pointer(dz),
-                           raw_pointer(dweight), workspace.data<float>(), sizes.rows, sizes.dim, sizes.group_size);
-                       STRATA_CHECK(supported, "gated_rms_norm backward: {} is not supported on CUDA",
-                                    x_saved.str());
-#endif
-                     }
-                     return std::vector<Tensor>{dx, dz, dweight};
+                     return norm_backward(sizes, grad, x_saved, z_saved, weight_saved, rstd);
                    });
   return y;
 }

@@ -39,8 +39,10 @@ void check_table(const ops::RouteTable& table, int64_t batch, int64_t channels, 
   auto merge = [table](const std::vector<Tensor>& in) { return ops::route_merge(in[0], table); };
   std::vector<Tensor> grid_input{testing::random(grid, seed).set_requires_grad(true)};
   std::vector<Tensor> stack_input{testing::random(stack, seed + 1).set_requires_grad(true)};
-  std::vector<Tensor> positive_stack{testing::random(stack, seed + 2, DType::Float64, 0.5, 1.0).set_requires_grad(true)};
-  for (auto [dtype, copy_bound, merge_bound] : {std::tuple{DType::Float32, 1e-7, 1e-6}, std::tuple{DType::BFloat16, 4e-3, 1e-2}}) {
+  std::vector<Tensor> positive_stack{
+      testing::random(stack, seed + 2, DType::Float64, 0.5, 1.0).set_requires_grad(true)};
+  for (auto [dtype, copy_bound, merge_bound] :
+       {std::tuple{DType::Float32, 1e-7, 1e-6}, std::tuple{DType::BFloat16, 4e-3, 1e-2}}) {
     testing::check_cuda_matches_cpu(gather, grid_input, dtype, copy_bound);
     testing::check_cuda_matches_cpu(gather, stack_input, dtype, copy_bound);
     testing::check_cuda_matches_cpu(scatter, stack_input, dtype, copy_bound);

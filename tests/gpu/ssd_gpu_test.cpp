@@ -41,14 +41,14 @@ std::vector<Tensor> make_inputs(const GpuSsdCase& c, uint64_t seed) {
     inputs.push_back(testing::random(shape, seed++, DType::Float64, low, high).set_requires_grad(true));
   };
   const Shape bc{c.batch, c.length, c.groups, c.d_state};
-  add({c.batch, c.length, c.heads, c.head_dim}, -1.0, 1.0);  // x
-  add({c.batch, c.length, c.heads}, -1.0, 1.0);              // dt
-  add({c.heads}, -4.0, -0.5);                                // A
-  add(bc, -1.0, 1.0);                                        // B
-  add(bc, -1.0, 1.0);                                        // C
-  add({c.heads}, -1.0, 1.0);                                 // D
-  add({c.heads}, -3.5, -1.5);                                // dt_bias
-  add({c.batch, c.heads, c.head_dim, c.d_state}, -1.0, 1.0); // initial_state
+  add({c.batch, c.length, c.heads, c.head_dim}, -1.0, 1.0);   // x
+  add({c.batch, c.length, c.heads}, -1.0, 1.0);               // dt
+  add({c.heads}, -4.0, -0.5);                                 // A
+  add(bc, -1.0, 1.0);                                         // B
+  add(bc, -1.0, 1.0);                                         // C
+  add({c.heads}, -1.0, 1.0);                                  // D
+  add({c.heads}, -3.5, -1.5);                                 // dt_bias
+  add({c.batch, c.heads, c.head_dim, c.d_state}, -1.0, 1.0);  // initial_state
   return inputs;
 }
 
@@ -87,7 +87,8 @@ TEST_CASE("ssd_chunked on CUDA matches the CPU at Mamba-2's tile sizes") {
 TEST_CASE("ssd_chunked on CUDA matches the CPU with partial tiles in every dimension") {
   testing::require_cuda();
   // head_dim 70 (tiles of 64 + 6), d_state 130 (64 + 64 + 2), chunk 100 (64 + 36 rows), 250 = 2 x 100 + 50.
-  check_case({.batch = 1, .length = 250, .heads = 4, .head_dim = 70, .groups = 2, .d_state = 130, .chunk_size = 100}, 2);
+  check_case({.batch = 1, .length = 250, .heads = 4, .head_dim = 70, .groups = 2, .d_state = 130, .chunk_size = 100},
+             2);
 }
 
 TEST_CASE("ssd_chunked on CUDA matches the CPU on tiny shapes and chunk size 1") {
@@ -99,8 +100,7 @@ TEST_CASE("ssd_chunked on CUDA matches the CPU on tiny shapes and chunk size 1")
 
 TEST_CASE("ssd_chunked on CUDA passes states across many chunks") {
   testing::require_cuda();
-  check_case({.batch = 2, .length = 1024, .heads = 8, .head_dim = 32, .groups = 2, .d_state = 16, .chunk_size = 64},
-             6);
+  check_case({.batch = 2, .length = 1024, .heads = 8, .head_dim = 32, .groups = 2, .d_state = 16, .chunk_size = 64}, 6);
 }
 
 TEST_CASE("ssd_chunked on CUDA takes float32 parameters with bfloat16 activations") {

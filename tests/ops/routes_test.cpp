@@ -3,9 +3,10 @@
 // grids, the neighbour property of snakes, spirals and diagonals, the RouteTable
 // cache, route_gather / route_scatter / route_merge values and their inverses,
 // finite-difference gradients, and the messages of bad arguments.
+#include "strata/ops/routes.h"
+
 #include <set>
 
-#include "strata/ops/routes.h"
 #include "support/check.h"
 
 using namespace strata;
@@ -16,8 +17,9 @@ namespace {
 
 using Order = std::vector<int32_t>;
 
-const RouteKind kAllKinds[] = {RouteKind::RowMajor, RouteKind::ColumnMajor, RouteKind::RowSnake,   RouteKind::ColumnSnake,
-                               RouteKind::Diagonal, RouteKind::Spiral,      RouteKind::Sublattice2};
+const RouteKind kAllKinds[] = {RouteKind::RowMajor,    RouteKind::ColumnMajor, RouteKind::RowSnake,
+                               RouteKind::ColumnSnake, RouteKind::Diagonal,    RouteKind::Spiral,
+                               RouteKind::Sublattice2};
 
 Order reversed(Order order) {
   std::reverse(order.begin(), order.end());
@@ -51,18 +53,25 @@ TEST_CASE("each route visits the cells of a 3 x 4 grid in the documented order")
 TEST_CASE("routes on a 4 x 4 grid match the orders printed in the vision papers") {
   // VMamba's cross-scan k1 and k3, PlainMamba's snakes o1 and o3, MHS-VM's zigzag X0
   // and spiral S0, EfficientVMamba's four atrous routes (shared/papers/vision.md).
-  CHECK(ops::route_order({RouteKind::ColumnMajor, false}, 4, 4) == Order{0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15});
-  CHECK(ops::route_order({RouteKind::ColumnMajor, true}, 4, 4) == Order{15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0});
-  CHECK(ops::route_order({RouteKind::RowSnake, false}, 4, 4) == Order{0, 1, 2, 3, 7, 6, 5, 4, 8, 9, 10, 11, 15, 14, 13, 12});
-  CHECK(ops::route_order({RouteKind::ColumnSnake, false}, 4, 4) == Order{0, 4, 8, 12, 13, 9, 5, 1, 2, 6, 10, 14, 15, 11, 7, 3});
-  CHECK(ops::route_order({RouteKind::Diagonal, false}, 4, 4) == Order{0, 1, 4, 8, 5, 2, 3, 6, 9, 12, 13, 10, 7, 11, 14, 15});
-  CHECK(ops::route_order({RouteKind::Spiral, false}, 4, 4) == Order{0, 1, 2, 3, 7, 11, 15, 14, 13, 12, 8, 4, 5, 6, 10, 9});
+  CHECK(ops::route_order({RouteKind::ColumnMajor, false}, 4, 4) ==
+        Order{0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15});
+  CHECK(ops::route_order({RouteKind::ColumnMajor, true}, 4, 4) ==
+        Order{15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0});
+  CHECK(ops::route_order({RouteKind::RowSnake, false}, 4, 4) ==
+        Order{0, 1, 2, 3, 7, 6, 5, 4, 8, 9, 10, 11, 15, 14, 13, 12});
+  CHECK(ops::route_order({RouteKind::ColumnSnake, false}, 4, 4) ==
+        Order{0, 4, 8, 12, 13, 9, 5, 1, 2, 6, 10, 14, 15, 11, 7, 3});
+  CHECK(ops::route_order({RouteKind::Diagonal, false}, 4, 4) ==
+        Order{0, 1, 4, 8, 5, 2, 3, 6, 9, 12, 13, 10, 7, 11, 14, 15});
+  CHECK(ops::route_order({RouteKind::Spiral, false}, 4, 4) ==
+        Order{0, 1, 2, 3, 7, 11, 15, 14, 13, 12, 8, 4, 5, 6, 10, 9});
   CHECK(ops::route_order({RouteKind::Sublattice2, false}, 4, 4) ==
         Order{0, 2, 8, 10, 4, 12, 6, 14, 1, 3, 9, 11, 5, 13, 7, 15});
 }
 
 TEST_CASE("every route is a permutation of the grid on grids of many shapes") {
-  for (auto [height, width] : {std::pair<int64_t, int64_t>{1, 1}, {1, 5}, {5, 1}, {2, 2}, {3, 4}, {4, 3}, {5, 7}, {6, 6}, {7, 2}}) {
+  for (auto [height, width] :
+       {std::pair<int64_t, int64_t>{1, 1}, {1, 5}, {5, 1}, {2, 2}, {3, 4}, {4, 3}, {5, 7}, {6, 6}, {7, 2}}) {
     for (RouteKind kind : kAllKinds) {
       for (bool reverse : {false, true}) {
         const Route route{kind, reverse};
@@ -111,7 +120,8 @@ TEST_CASE("sublattice2 visits the four stride-2 sub-lattices in turn") {
 
 TEST_CASE("route names round-trip and unknown names are rejected") {
   for (RouteKind kind : kAllKinds)
-    for (bool reverse : {false, true}) CHECK(ops::parse_route(ops::route_name({kind, reverse})) == Route{kind, reverse});
+    for (bool reverse : {false, true})
+      CHECK(ops::parse_route(ops::route_name({kind, reverse})) == Route{kind, reverse});
   CHECK(ops::route_name({RouteKind::ColumnSnake, true}) == "column_snake_reversed");
   CHECK_THROWS_WITH_AS(ops::parse_route("zigzag"),
                        doctest::Contains("unknown scan route 'zigzag' (known: row_major, column_major, row_snake, "
@@ -121,7 +131,8 @@ TEST_CASE("route names round-trip and unknown names are rejected") {
 }
 
 TEST_CASE("RouteTable builds each table once and inverts the orders") {
-  const std::vector<Route> routes{{RouteKind::RowMajor, false}, {RouteKind::Spiral, true}, {RouteKind::Diagonal, false}};
+  const std::vector<Route> routes{
+      {RouteKind::RowMajor, false}, {RouteKind::Spiral, true}, {RouteKind::Diagonal, false}};
   ops::RouteTable first(routes, 3, 4), second(routes, 3, 4), other({{RouteKind::Spiral, true}}, 3, 4);
   CHECK(&first.order() == &second.order());  // the cached table, not a copy
   CHECK(&first.order() != &other.order());

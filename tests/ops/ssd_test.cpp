@@ -4,9 +4,10 @@
 // flag, splitting a sequence through the final/initial state, non-contiguous and
 // mixed-dtype inputs, and the messages of bad arguments; the gated RMSNorm against
 // its composition from basic ops, with gradients and errors.
+#include "strata/ops/ssd.h"
+
 #include <cmath>
 
-#include "strata/ops/ssd.h"
 #include "support/check.h"
 
 using namespace strata;
@@ -68,8 +69,8 @@ struct NaiveResult {
 //   S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T,  y_t = S_t C_t + D x_t.
 NaiveResult naive_recurrence(const SsdCase& c, const std::vector<Tensor>& in) {
   auto values = [](const Tensor& t) { return t.to_vector<double>(); };
-  std::vector<double> x = values(in[0]), dt = values(in[1]), A = values(in[2]), B = values(in[3]), C = values(in[4]),
-                      D, bias, initial;
+  std::vector<double> x = values(in[0]), dt = values(in[1]), A = values(in[2]), B = values(in[3]), C = values(in[4]), D,
+                      bias, initial;
   size_t next = 5;
   if (c.with_D) D = values(in[next++]);
   if (c.with_dt_bias) bias = values(in[next++]);
@@ -340,9 +341,10 @@ TEST_CASE("ssd_chunked rejects bad arguments with messages that name them") {
                        doctest::Contains("B float32[2, 7, 1, 2] on cpu must have the dtype of x (float64)"), Error);
   CHECK_THROWS_WITH_AS(ops::ssd_chunked(x, dt, A, B, C, with([](auto& o) { o.chunk_size = 0; })),
                        doctest::Contains("ssd_chunked: chunk_size must be positive, got 0"), Error);
-  CHECK_THROWS_WITH_AS(
-      ops::ssd_chunked(x, dt, A, B, C, with([](auto& o) { o.D = Tensor::zeros({2, 1}, DType::Float64); })),
-      doctest::Contains("D float64[2, 1] on cpu must have shape [2] (heads)"), Error);
+  CHECK_THROWS_WITH_AS(ops::ssd_chunked(x, dt, A, B, C, with([](auto& o) {
+                                          o.D = Tensor::zeros({2, 1}, DType::Float64);
+                                        })),
+                       doctest::Contains("D float64[2, 1] on cpu must have shape [2] (heads)"), Error);
   CHECK_THROWS_WITH_AS(
       ops::ssd_chunked(x, dt, A, B, C, with([](auto& o) { o.dt_bias = Tensor::zeros({2}, DType::Int64); })),
       doctest::Contains("dt_bias int64[2] on cpu must be float64 or float32"), Error);
@@ -356,8 +358,8 @@ TEST_CASE("ssd_chunked rejects bad arguments with messages that name them") {
                        doctest::Contains("ssd_chunked: int32[2, 7, 2, 3] on cpu is not supported"), Error);
   CHECK_THROWS_WITH_AS(ops::ssd_chunked(Tensor::zeros({2, 0, 2, 3}, DType::Float64), dt, A, B, C),
                        doctest::Contains("must not be empty"), Error);
-  CHECK_THROWS_WITH_AS(ops::ssd_chunked(x, Tensor(), A, B, C), doctest::Contains("ssd_chunked: dt is an undefined tensor"),
-                       Error);
+  CHECK_THROWS_WITH_AS(ops::ssd_chunked(x, Tensor(), A, B, C),
+                       doctest::Contains("ssd_chunked: dt is an undefined tensor"), Error);
 }
 
 // ---- gated RMSNorm ------------------------------------------------------------------------
@@ -365,8 +367,7 @@ TEST_CASE("ssd_chunked rejects bad arguments with messages that name them") {
 namespace {
 
 // rms_norm(x * silu(z)) over groups of the last dim, from basic ops.
-Tensor composed_gated_rms_norm(const Tensor& x, const Tensor& z, const Tensor& weight, double eps,
-                               int64_t group_size) {
+Tensor composed_gated_rms_norm(const Tensor& x, const Tensor& z, const Tensor& weight, double eps, int64_t group_size) {
   Tensor g = z.defined() ? ops::mul(x, ops::silu(z)) : x;
   Shape grouped = x.shape();
   grouped.back() /= group_size;
@@ -423,9 +424,9 @@ TEST_CASE("gated_rms_norm gradients match finite differences") {
 
 TEST_CASE("gated_rms_norm rejects bad arguments with messages that name them") {
   Tensor x = testing::random({2, 6}, 1), z = testing::random({2, 6}, 2), weight = testing::random({6}, 3);
-  CHECK_THROWS_WITH_AS(ops::gated_rms_norm(x, z, weight, 1e-5, 4),
-                       doctest::Contains("gated_rms_norm: group_size 4 does not divide the last dim of x float64[2, 6]"),
-                       Error);
+  CHECK_THROWS_WITH_AS(
+      ops::gated_rms_norm(x, z, weight, 1e-5, 4),
+      doctest::Contains("gated_rms_norm: group_size 4 does not divide the last dim of x float64[2, 6]"), Error);
   CHECK_THROWS_WITH_AS(ops::gated_rms_norm(x, ops::reshape(z, {6, 2}), weight),
                        doctest::Contains("z float64[6, 2] on cpu must have the shape of x float64[2, 6] on cpu"),
                        Error);
@@ -433,8 +434,8 @@ TEST_CASE("gated_rms_norm rejects bad arguments with messages that name them") {
                        doctest::Contains("weight float64[4] on cpu must have shape [6] (dim)"), Error);
   CHECK_THROWS_WITH_AS(ops::gated_rms_norm(x, z.to(DType::Float32), weight),
                        doctest::Contains("z float32[2, 6] on cpu must have the dtype of x (float64)"), Error);
-  CHECK_THROWS_WITH_AS(ops::gated_rms_norm(x, z, weight, 1e-5, -2),
-                       doctest::Contains("group_size -2 does not divide"), Error);
+  CHECK_THROWS_WITH_AS(ops::gated_rms_norm(x, z, weight, 1e-5, -2), doctest::Contains("group_size -2 does not divide"),
+                       Error);
   CHECK_THROWS_WITH_AS(ops::gated_rms_norm(Tensor::zeros({2, 0}, DType::Float64), Tensor(), Tensor()),
                        doctest::Contains("has no last dim to normalise over"), Error);
 }

@@ -55,8 +55,8 @@ void launch(const RouteGatherSizes& sizes, const void* src, const int32_t* index
   const int64_t total = (sizes.sum_routes ? sizes.batch : sizes.batch * sizes.routes) * sizes.length * sizes.channels;
   if (total == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65536));
-  route_gather_kernel<V><<<blocks, kThreads, 0, cuda::stream()>>>(sizes, static_cast<const V*>(src), index,
-                                                                 static_cast<V*>(out));
+  route_gather_kernel<V>
+      <<<blocks, kThreads, 0, cuda::stream()>>>(sizes, static_cast<const V*>(src), index, static_cast<V*>(out));
   STRATA_CUDA_CHECK_LAUNCH("route_gather_kernel");
 }
 

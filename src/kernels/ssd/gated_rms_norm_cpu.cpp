@@ -78,12 +78,11 @@ void gated_rms_norm_backward_cpu(const T* dy, const T* x, const T* z, const T* w
 
 template void gated_rms_norm_forward_cpu<float>(const float*, const float*, const float*, float*, float*, int64_t,
                                                 int64_t, int64_t, double);
-template void gated_rms_norm_forward_cpu<double>(const double*, const double*, const double*, double*, double*,
-                                                 int64_t, int64_t, int64_t, double);
-template void gated_rms_norm_backward_cpu<float>(const float*, const float*, const float*, const float*,
-                                                 const float*, float*, float*, float*, int64_t, int64_t, int64_t);
+template void gated_rms_norm_forward_cpu<double>(const double*, const double*, const double*, double*, double*, int64_t,
+                                                 int64_t, int64_t, double);
+template void gated_rms_norm_backward_cpu<float>(const float*, const float*, const float*, const float*, const float*,
+                                                 float*, float*, float*, int64_t, int64_t, int64_t);
 template void gated_rms_norm_backward_cpu<double>(const double*, const double*, const double*, const double*,
-                                                  const double*, double*, double*, double*, int64_t, int64_t,
-                                                  int64_t);
+                                                  const double*, double*, double*, double*, int64_t, int64_t, int64_t);
 
 }  // namespace strata::kernels

@@ -134,14 +134,14 @@ void forward(const void* x, const void* z, const void* weight, void* y, float* r
              int64_t group_size, double eps) {
   const int64_t items = rows * (dim / group_size);
   forward_kernel<V><<<blocks_for(items, kWarpsPerBlock), kWarpsPerBlock * 32, 0, cuda::stream()>>>(
-      static_cast<const V*>(x), static_cast<const V*>(z), static_cast<const V*>(weight), static_cast<V*>(y), rstd,
-      rows, dim, group_size, static_cast<float>(eps));
+      static_cast<const V*>(x), static_cast<const V*>(z), static_cast<const V*>(weight), static_cast<V*>(y), rstd, rows,
+      dim, group_size, static_cast<float>(eps));
   STRATA_CUDA_CHECK_LAUNCH("gated_rms_norm forward_kernel");
 }
 
 template <class V>
-void backward(const void* dy_raw, const void* x_raw, const void* z_raw, const void* weight, const float* rstd,
-              void* dx, void* dz, void* dweight, float* workspace, int64_t rows, int64_t dim, int64_t group_size) {
+void backward(const void* dy_raw, const void* x_raw, const void* z_raw, const void* weight, const float* rstd, void* dx,
+              void* dz, void* dweight, float* workspace, int64_t rows, int64_t dim, int64_t group_size) {
   const V *dy = static_cast<const V*>(dy_raw), *x = static_cast<const V*>(x_raw), *z = static_cast<const V*>(z_raw);
   const int64_t items = rows * (dim / group_size);
   backward_kernel<V><<<blocks_for(items, kWarpsPerBlock), kWarpsPerBlock * 32, 0, cuda::stream()>>>(
@@ -150,8 +150,8 @@ void backward(const void* dy_raw, const void* x_raw, const void* z_raw, const vo
   if (!dweight) return;
   const int64_t slices = slices_for(rows), rows_per_slice = (rows + slices - 1) / slices;
   const dim3 grid(blocks_for(dim, kColumnThreads), static_cast<unsigned>(slices));
-  weight_partials_kernel<V><<<grid, kColumnThreads, 0, cuda::stream()>>>(dy, x, z, rstd, workspace, rows, dim,
-                                                                        group_size, rows_per_slice);
+  weight_partials_kernel<V>
+      <<<grid, kColumnThreads, 0, cuda::stream()>>>(dy, x, z, rstd, workspace, rows, dim, group_size, rows_per_slice);
   STRATA_CUDA_CHECK_LAUNCH("gated_rms_norm weight_partials_kernel");
   weight_sum_kernel<V><<<blocks_for(dim, kColumnThreads), kColumnThreads, 0, cuda::stream()>>>(
       workspace, slices, dim, static_cast<V*>(dweight));
@@ -172,8 +172,8 @@ bool gated_rms_norm_forward_cuda(DType dtype, const void* x, const void* z, cons
 }
 
 bool gated_rms_norm_backward_cuda(DType dtype, const void* dy, const void* x, const void* z, const void* weight,
-                                  const float* rstd, void* dx, void* dz, void* dweight, float* workspace,
-                                  int64_t rows, int64_t dim, int64_t group_size) {
+                                  const float* rstd, void* dx, void* dz, void* dweight, float* workspace, int64_t rows,
+                                  int64_t dim, int64_t group_size) {
   switch (dtype) {
     case DType::Float32:
       backward<float>(dy, x, z, weight, rstd, dx, dz, dweight, workspace, rows, dim, group_size);

@@ -18,7 +18,7 @@ bool gated_rms_norm_forward_cuda(DType dtype, const void* x, const void* z, cons
                                  int64_t rows, int64_t dim, int64_t group_size, double eps);
 
 bool gated_rms_norm_backward_cuda(DType dtype, const void* dy, const void* x, const void* z, const void* weight,
-                                  const float* rstd, void* dx, void* dz, void* dweight, float* workspace,
-                                  int64_t rows, int64_t dim, int64_t group_size);
+                                  const float* rstd, void* dx, void* dz, void* dweight, float* workspace, int64_t rows,
+                                  int64_t dim, int64_t group_size);
 
 }  // namespace strata::kernels

@@ -160,8 +160,8 @@ void ssd_forward_cpu(const SsdSizes& sizes, const SsdInputs<T, T>& inputs, T* y,
 }
 
 template <class T>
-void ssd_backward_cpu(const SsdSizes& sizes, const SsdInputs<T, T>& inputs, const T* grad_y,
-                      const T* grad_final_state, const SsdGrads<T, T>& grads) {
+void ssd_backward_cpu(const SsdSizes& sizes, const SsdInputs<T, T>& inputs, const T* grad_y, const T* grad_final_state,
+                      const SsdGrads<T, T>& grads) {
   const int64_t P = sizes.head_dim, N = sizes.d_state, chunks = sizes.chunks();
   // Per-head sums, added up in a fixed order once every head is done.
   std::vector<T> dB_heads(sizes.batch * sizes.length * sizes.heads * N);
@@ -296,7 +296,7 @@ template void ssd_forward_cpu<float>(const SsdSizes&, const SsdInputs<float, flo
 template void ssd_forward_cpu<double>(const SsdSizes&, const SsdInputs<double, double>&, double*, double*);
 template void ssd_backward_cpu<float>(const SsdSizes&, const SsdInputs<float, float>&, const float*, const float*,
                                       const SsdGrads<float, float>&);
-template void ssd_backward_cpu<double>(const SsdSizes&, const SsdInputs<double, double>&, const double*,
-                                       const double*, const SsdGrads<double, double>&);
+template void ssd_backward_cpu<double>(const SsdSizes&, const SsdInputs<double, double>&, const double*, const double*,
+                                       const SsdGrads<double, double>&);
 
 }  // namespace strata::kernels

@@ -38,7 +38,7 @@ void ssd_forward_cpu(const SsdSizes& sizes, const SsdInputs<T, T>& inputs, T* y,
 
 // grad_y like y; grad_final_state (batch, heads, head_dim, d_state) or null.
 template <class T>
-void ssd_backward_cpu(const SsdSizes& sizes, const SsdInputs<T, T>& inputs, const T* grad_y,
-                      const T* grad_final_state, const SsdGrads<T, T>& grads);
+void ssd_backward_cpu(const SsdSizes& sizes, const SsdInputs<T, T>& inputs, const T* grad_y, const T* grad_final_state,
+                      const SsdGrads<T, T>& grads);
 
 }  // namespace strata::kernels

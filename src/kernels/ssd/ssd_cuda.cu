@@ -110,8 +110,7 @@ __device__ __forceinline__ void stage_b(int k0, int depth, const LoadB& load_b, 
 // load_b(k, col), which return 0 outside the matrices. kAKContiguous: A's k index is
 // adjacent in memory (else its rows are).
 template <bool kAKContiguous, bool kBColContiguous, class LoadA, class LoadB>
-__device__ void tile_multiply(float (&acc)[4][4], int depth, const LoadA& load_a, const LoadB& load_b,
-                              TileShared& s) {
+__device__ void tile_multiply(float (&acc)[4][4], int depth, const LoadA& load_a, const LoadB& load_b, TileShared& s) {
   for (int k0 = 0; k0 < depth; k0 += kStep) {
     for (int e = threadIdx.x; e < kTile * kStep; e += kThreads) {
       const int row = kAKContiguous ? e / kStep : e % kTile;
@@ -138,8 +137,7 @@ __device__ void tile_multiply(float (&acc)[4][4], int depth, const LoadA& load_a
 
 // acc += m (64 x 64, in shared memory) B (64 x 64, read through load_b).
 template <bool kBColContiguous, class LoadB>
-__device__ void tile_multiply_by_decay(float (&acc)[4][4], const DecayMatrix& m, const LoadB& load_b,
-                                       TileShared& s) {
+__device__ void tile_multiply_by_decay(float (&acc)[4][4], const DecayMatrix& m, const LoadB& load_b, TileShared& s) {
   for (int k0 = 0; k0 < kTile; k0 += kStep) {
     stage_b<kBColContiguous>(k0, kTile, load_b, s);
     __syncthreads();
@@ -270,8 +268,7 @@ __global__ void dt_cumsum_kernel(View<V> v) {
 // left = dy, right = C. out: (batch, chunks, heads, P, N). Grid (batch * chunks *
 // heads, P tiles, N tiles).
 template <class V, bool kAdjoint>
-__global__ void __launch_bounds__(kThreads) chunk_state_kernel(View<V> v, const V* left, const V* right,
-                                                                float* out) {
+__global__ void __launch_bounds__(kThreads) chunk_state_kernel(View<V> v, const V* left, const V* right, float* out) {
   __shared__ TileShared s;
   int64_t b, c, h;
   split_block_index(v, v.s.heads, b, c, h);
@@ -410,8 +407,8 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(View<V> v, const
 // (batch, heads, length)). grad_states: the gradient of the state leaving each chunk.
 // Grid (batch * chunks * heads, row tiles of a chunk).
 template <class V>
-__global__ void __launch_bounds__(kThreads) chunk_dx_kernel(View<V> v, const V* dy, const float* grad_states,
-                                                             V* dx, float* q, float* e) {
+__global__ void __launch_bounds__(kThreads)
+    chunk_dx_kernel(View<V> v, const V* dy, const float* grad_states, V* dx, float* q, float* e) {
   __shared__ TileShared s;
   __shared__ DecayMatrix m;
   int64_t b, c, h;
@@ -429,9 +426,7 @@ __global__ void __launch_bounds__(kThreads) chunk_dx_kernel(View<V> v, const V* 
   for (int64_t p0 = 0; p0 < P; p0 += kTile) {
     float acc[4][4];
     zero(acc);
-    auto scaled_B = [&](int j, int n) {
-      return j0 + j < ch.len ? expf(u_last - ch.u[j0 + j]) * B_at(j0 + j, n) : 0.f;
-    };
+    auto scaled_B = [&](int j, int n) { return j0 + j < ch.len ? expf(u_last - ch.u[j0 + j]) * B_at(j0 + j, n) : 0.f; };
     auto grad_state_T = [&](int n, int p) { return p0 + p < P ? dS_out[(p0 + p) * N + n] : 0.f; };
     tile_multiply<true, false>(acc, static_cast<int>(N), scaled_B, grad_state_T, s);
 
@@ -487,8 +482,8 @@ __global__ void __launch_bounds__(kThreads) chunk_dx_kernel(View<V> v, const V* 
 // out[(b, h, c)] = <dS_out[c], S_out[c]> with S_out[c] the state entering chunk c + 1
 // (the final state for the last chunk). Grid (batch * chunks * heads).
 template <class V>
-__global__ void __launch_bounds__(kThreads) state_dot_kernel(View<V> v, const float* grad_states,
-                                                              const float* final_state, float* out) {
+__global__ void __launch_bounds__(kThreads)
+    state_dot_kernel(View<V> v, const float* grad_states, const float* final_state, float* out) {
   __shared__ float warp_sums[kThreads / 32];
   int64_t b, c, h;
   split_block_index(v, v.s.heads, b, c, h);
@@ -526,12 +521,13 @@ __global__ void dt_backward_kernel(View<V> v, const float* row_dot, const float*
   const float A = v.A[h], bias = v.dt_bias ? v.dt_bias[h] : 0.f;
   const float state_term = chunk_dot[(b * v.s.heads + h) * chunks + c];
   float carry = 0.f, dA = 0.f, dD = 0.f, ddt_bias = 0.f;
+  // da_i = sum_{k >= i} du_k: per 32 positions from the last, a suffix sum over the
+  // lanes plus what the later positions carry.
   for (int base = (ch.len - 1) / 32 * 32; base >= 0; base -= 32) {
     const int i = base + lane;
     const bool valid = i < ch.len;
     float du = 0.f;
     if (valid) du = row_dot[row + i] - ch.dt[i] * q[row + i] + (i == ch.len - 1 ? state_term : 0.f);
-    // da_i = sum_{k >= i} du_k: a suffix sum over the lanes plus what later positions carry.
 #pragma unroll
     for (int offset = 1; offset < 32; offset *= 2) {
       const float after = __shfl_down_sync(kFullMask, du, offset);
@@ -563,9 +559,9 @@ __global__ void dt_backward_kernel(View<V> v, const float* row_dot, const float*
 }
 
 // One block per head: dA, dD, ddt_bias = the sums of its partials over (batch, chunk).
-__global__ void __launch_bounds__(kThreads) parameter_sums_kernel(const float* partials, int64_t heads,
-                                                                   int64_t per_head, float* dA, float* dD,
-                                                                   float* ddt_bias) {
+__global__ void __launch_bounds__(kThreads)
+    parameter_sums_kernel(const float* partials, int64_t heads, int64_t per_head, float* dA, float* dD,
+                          float* ddt_bias) {
   __shared__ float warp_sums[kThreads / 32];
   const int64_t h = blockIdx.x;
   float* outputs[3] = {dA, dD, ddt_bias};
@@ -647,8 +643,7 @@ __global__ void __launch_bounds__(kThreads) chunk_dC_kernel(View<V> v, const V* 
 // dB_j = sum_h [ exp(u_last - u_j) dt_j dS_out^T x_j + sum_{i >= j} exp(u_i - u_j) dt_j (dy_i . x_j) C_i ].
 // Grid (batch * chunks * groups, row tiles of a chunk, N tiles).
 template <class V>
-__global__ void __launch_bounds__(kThreads) chunk_dB_kernel(View<V> v, const V* dy, const float* grad_states,
-                                                             V* dB) {
+__global__ void __launch_bounds__(kThreads) chunk_dB_kernel(View<V> v, const V* dy, const float* grad_states, V* dB) {
   __shared__ TileShared s;
   __shared__ DecayMatrix m;
   int64_t b, c, g;
@@ -782,11 +777,10 @@ void backward(const SsdSizes& s, const SsdInputs<void, float>& inputs, const voi
       v, grad_states, grad_final_state, grads.dinitial_state, true);
   STRATA_CUDA_CHECK_LAUNCH("ssd state_passing_kernel (reverse)");
 
-  chunk_output_kernel<V, true><<<dim3(chunk_heads, row_tiles), kThreads, 0, cuda::stream()>>>(v, dy, nullptr,
-                                                                                              row_dot);
+  chunk_output_kernel<V, true><<<dim3(chunk_heads, row_tiles), kThreads, 0, cuda::stream()>>>(v, dy, nullptr, row_dot);
   STRATA_CUDA_CHECK_LAUNCH("ssd chunk_output_kernel (row dots)");
-  chunk_dx_kernel<V><<<dim3(chunk_heads, row_tiles), kThreads, 0, cuda::stream()>>>(
-      v, dy, grad_states, static_cast<V*>(grads.dx), q, e);
+  chunk_dx_kernel<V><<<dim3(chunk_heads, row_tiles), kThreads, 0, cuda::stream()>>>(v, dy, grad_states,
+                                                                                    static_cast<V*>(grads.dx), q, e);
   STRATA_CUDA_CHECK_LAUNCH("ssd chunk_dx_kernel");
   state_dot_kernel<V><<<chunk_heads, kThreads, 0, cuda::stream()>>>(v, grad_states, final_state, chunk_dot);
   STRATA_CUDA_CHECK_LAUNCH("ssd state_dot_kernel");
@@ -813,9 +807,8 @@ int64_t ssd_forward_cuda_workspace(const SsdSizes& sizes) {
 
 int64_t ssd_backward_cuda_workspace(const SsdSizes& sizes) {
   // The forward's, then final state, state gradients, r, q, e, chunk dots, partials.
-  return ssd_forward_cuda_workspace(sizes) + state_values(sizes) + chunk_state_values(sizes) +
-         3 * token_values(sizes) + sizes.batch * sizes.heads * sizes.chunks() +
-         3 * sizes.heads * sizes.batch * sizes.chunks();
+  return ssd_forward_cuda_workspace(sizes) + state_values(sizes) + chunk_state_values(sizes) + 3 * token_values(sizes) +
+         sizes.batch * sizes.heads * sizes.chunks() + 3 * sizes.heads * sizes.batch * sizes.chunks();
 }
 
 bool ssd_forward_cuda(DType dtype, const SsdSizes& sizes, const SsdInputs<void, float>& inputs, void* y,
@@ -830,9 +823,7 @@ bool ssd_forward_cuda(DType dtype, const SsdSizes& sizes, const SsdInputs<void, 
 bool ssd_backward_cuda(DType dtype, const SsdSizes& sizes, const SsdInputs<void, float>& inputs, const void* grad_y,
                        const float* grad_final_state, const SsdGrads<void, float>& grads, float* workspace) {
   switch (dtype) {
-    case DType::Float32:
-      backward<float>(sizes, inputs, grad_y, grad_final_state, grads, workspace);
-      return true;
+    case DType::Float32: backward<float>(sizes, inputs, grad_y, grad_final_state, grads, workspace); return true;
     case DType::BFloat16:
       backward<__nv_bfloat16>(sizes, inputs, grad_y, grad_final_state, grads, workspace);
       return true;
