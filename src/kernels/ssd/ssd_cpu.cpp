@@ -31,7 +31,8 @@ T dot(const T* a, const T* b, int64_t n) {
 
 // Threads pay off from about 2^16 multiply-adds; below that their start-up costs more.
 bool worth_threads(const SsdSizes& s) {
-  return s.batch * s.length * s.heads * s.chunk_size * (s.head_dim + s.d_state) > (int64_t{1} << 16);
+  return s.batch * s.length * s.heads * std::min(s.chunk_size, s.length) * (s.head_dim + s.d_state) >
+         (int64_t{1} << 16);
 }
 
 // One (batch b, head h): index helpers that read like the equations.
