@@ -44,10 +44,12 @@ DataParallelOptions DataParallelOptions::read(const config::Config& config) {
 
 Device device_for_rank(Device requested, const LaunchInfo& launch) {
   if (!launch.distributed() || !requested.is_cuda()) return requested;
-  STRATA_CHECK(launch.local_rank < cuda_device_count(),
-               "data parallel: local rank {} would train on cuda:{}, but this machine shows {} CUDA device(s)",
-               launch.local_rank, launch.local_rank, cuda_device_count());
-  return Device::cuda(launch.local_rank);
+  int visible = cuda_device_count();
+  if (launch.local_rank < visible) return Device::cuda(launch.local_rank);
+  // The launcher gave each rank a GPU of its own (CUDA_VISIBLE_DEVICES, srun --gpus-per-task).
+  if (visible == 1) return Device::cuda(0);
+  STRATA_FAIL("data parallel: local rank {} would train on cuda:{}, but this process sees {} CUDA device(s)",
+              launch.local_rank, launch.local_rank, visible);
 }
 
 ConnectOptions connect_options(const LaunchInfo& launch, const DataParallelOptions& options, Device device) {

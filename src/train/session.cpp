@@ -71,11 +71,14 @@ optim::LearningRateSchedule build_schedule(const config::Config& c, double peak_
 
 }  // namespace
 
-Session build_session(config::Config config, Purpose purpose) {
+Session build_session(config::Config config, Purpose purpose, const dist::LaunchInfo& launch) {
   Session s{std::move(config)};
   const config::Config& c = s.config;
   s.settings = TrainSettings::read(c);
+  dist::DataParallelOptions parallel = dist::DataParallelOptions::read(c);
+  const bool distributed = purpose == Purpose::Train && launch.distributed();
   s.device = parse_device(c.get<std::string>("device", "auto"));
+  if (distributed) s.device = dist::device_for_rank(s.device, launch);
   if (s.device.is_cuda()) cuda::set_device(s.device.index);
 
   Generator init_generator{s.settings.seed, 0};
@@ -87,9 +90,11 @@ Session build_session(config::Config config, Purpose purpose) {
   s.eval_data = data::make_dataset(c, "data", data::Split::Val);
   if (purpose == Purpose::Train) {
     s.train_data = data::make_dataset(c, "data", data::Split::Train);
-    s.loader = std::make_unique<data::Loader>(s.train_data, s.settings.batch_size, s.settings.seed, 0, 1, true);
+    s.loader = std::make_unique<data::Loader>(s.train_data, s.settings.batch_size, s.settings.seed, launch.rank,
+                                              launch.world_size, true);
   }
   c.check_all_read();
+  if (distributed) s.data_parallel = std::make_shared<dist::DataParallel>(launch, parallel, s.device);
   manual_seed(s.settings.seed + 1);  // dropout and other in-training draws
   return s;
 }
@@ -109,6 +114,7 @@ Evaluation evaluate_model(Session& s, int64_t batches) {
   int64_t correct = 0, scored = 0;
   for (int64_t b = 0; b < batches; ++b) {
     data::Batch batch = loader.next();
+    if (b % s.world_size() != s.rank()) continue;
     Tensor logits = s.model->forward(batch.inputs.to(s.device));
     int64_t classes = logits.size(-1);
     Tensor flat_logits = ops::reshape(logits, {-1, classes});
@@ -126,6 +132,13 @@ Evaluation evaluate_model(Session& s, int64_t batches) {
     scored += batch_scored;
   }
   s.model->train();
+  if (s.data_parallel) {
+    std::vector<double> totals =
+        s.data_parallel->sum({loss_sum, static_cast<double>(correct), static_cast<double>(scored)});
+    loss_sum = totals[0];
+    correct = static_cast<int64_t>(totals[1]);
+    scored = static_cast<int64_t>(totals[2]);
+  }
   Evaluation e;
   e.scored = scored;
   e.loss = scored ? loss_sum / static_cast<double>(scored) : 0.0;
@@ -140,7 +153,7 @@ void save_checkpoint(const Session& s, const std::string& path, std::optional<do
     for (const auto& [name, tensor] : s.optimizer->state()) writer.write_tensor("/optim/" + name, tensor);
     writer.write_int("/meta/step", s.step);
     writer.write_int("/meta/tokens_seen", s.tokens_seen);
-    writer.write_int("/meta/world_size", 1);
+    writer.write_int("/meta/world_size", s.world_size());
     writer.write_int("/meta/rng_seed", static_cast<int64_t>(default_generator().seed));
     writer.write_int("/meta/rng_offset", static_cast<int64_t>(default_generator().offset));
     data::LoaderState position = s.loader->state();
@@ -183,8 +196,16 @@ void load_checkpoint(Session& s, const std::string& path, bool training_state) {
     s.tokens_seen = reader.read_int("/meta/tokens_seen");
     default_generator() = Generator{static_cast<uint64_t>(reader.read_int("/meta/rng_seed")),
                                     static_cast<uint64_t>(reader.read_int("/meta/rng_offset"))};
-    s.loader->restore(data::LoaderState{reader.read_int("/meta/loader_epoch"), reader.read_int("/meta/loader_position"),
-                                        static_cast<uint64_t>(reader.read_int("/meta/loader_seed"))});
+    data::LoaderState saved{reader.read_int("/meta/loader_epoch"), reader.read_int("/meta/loader_position"),
+                            static_cast<uint64_t>(reader.read_int("/meta/loader_seed"))};
+    int64_t saved_world_size = reader.read_int("/meta/world_size");
+    int64_t saved_batch_size = config::Config::from_yaml_string(reader.read_string("/meta/config"), path + ":/meta/config")
+                                   .get<int64_t>("train.batch_size");
+    dist::TranslatedPosition position = dist::translate_data_position(
+        saved, saved_world_size, saved_world_size * saved_batch_size, s.world_size(),
+        s.world_size() * s.settings.batch_size, s.loader->batches_per_epoch());
+    s.loader->restore(position.state);
+    if (!position.note.empty() && s.rank() == 0) fmt::print("{}\n", position.note);
   });
 }
 

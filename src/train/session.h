@@ -10,6 +10,7 @@
 #include "strata/config/config.h"
 #include "strata/data/dataset.h"
 #include "strata/data/loader.h"
+#include "strata/dist/data_parallel.h"
 #include "strata/models/model.h"
 #include "strata/optim/optimizer.h"
 #include "strata/optim/schedule.h"
@@ -40,16 +41,23 @@ struct Session {
   std::unique_ptr<data::Loader> loader;
   int64_t step = 0;
   int64_t tokens_seen = 0;
+  std::shared_ptr<dist::DataParallel> data_parallel;  // null when training alone
+
+  int rank() const { return data_parallel ? data_parallel->rank() : 0; }
+  int world_size() const { return data_parallel ? data_parallel->world_size() : 1; }
 };
 
 enum class Purpose { Train, Evaluate };
 // Resolves the device, builds the model (initialised from train.seed on the CPU,
 // then moved), the optimizer and the datasets, and checks that every recipe key
-// was understood.
-Session build_session(config::Config config, Purpose purpose);
+// was understood. For training with launch.world_size > 1, the loader takes this
+// rank's shard, a CUDA device becomes cuda:<local rank>, and the session joins the
+// other ranks (data_parallel).
+Session build_session(config::Config config, Purpose purpose, const dist::LaunchInfo& launch = {});
 
 // Mean loss (and accuracy for tasks with scored positions) over `batches`
-// validation batches, always the same ones.
+// validation batches, always the same ones. Under data parallelism the ranks share
+// the batches (batch b goes to rank b mod world size) and sum their totals.
 struct Evaluation {
   double loss = 0;
   double accuracy = -1;  // < 0 when not measured
@@ -62,6 +70,8 @@ Tensor batch_loss(models::Model& model, const data::Batch& batch, Device device)
 void save_checkpoint(const Session& session, const std::string& path, std::optional<double> eval_loss);
 // Loads parameters (and, with `training_state`, the optimizer, counters, RNG and
 // data position). Names, shapes and dtypes must match; the error says what differs.
+// A checkpoint of another world size (or global batch) resumes with the data
+// position translated (dist::translate_data_position); rank 0 prints the change.
 void load_checkpoint(Session& session, const std::string& path, bool training_state);
 // The resolved recipe stored in a checkpoint.
 config::Config checkpoint_config(const std::string& path, const std::vector<std::string>& overrides);

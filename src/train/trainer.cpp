@@ -2,6 +2,11 @@
 // CUDA when the recipe asks, global-norm clipping, the learning-rate schedule,
 // periodic evaluation and checkpoints, a progress line, metrics.jsonl, and a
 // graceful stop on SIGINT/SIGTERM (finish the step, checkpoint, exit 0).
+//
+// Data parallelism (src/dist): every rank runs this loop on its shard of each
+// global batch; gradients are averaged while the backward pass runs, the loss and
+// the stop decision are agreed each step, and only rank 0 prints progress and
+// writes metrics.jsonl and checkpoints, while every rank logs to rank<k>.log.
 #include "strata/train/trainer.h"
 
 #include <unistd.h>
@@ -11,6 +16,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -73,18 +79,47 @@ std::string format_duration(double seconds) {
                        : fmt::format("{}m{:02d}s", total / 60, total % 60);
 }
 
-class MetricsLog {
+// Appends lines to a file, flushed as written; an empty path discards them (the
+// files a rank other than 0 does not keep).
+class LineLog {
  public:
-  explicit MetricsLog(const std::string& path) : out_(path, std::ios::app) {
+  explicit LineLog(const std::string& path) {
+    if (path.empty()) return;
+    out_.open(path, std::ios::app);
     STRATA_CHECK(out_.good(), "cannot open {} for writing", path);
   }
-  void write(const nlohmann::json& record) {
-    out_ << record.dump() << '\n';
+  void write(const std::string& line) {
+    if (!out_.is_open()) return;
+    out_ << line << '\n';
     out_.flush();
   }
 
  private:
   std::ofstream out_;
+};
+
+class MetricsLog {
+ public:
+  explicit MetricsLog(const std::string& path) : log_(path) {}
+  void write(const nlohmann::json& record) { log_.write(record.dump()); }
+
+ private:
+  LineLog log_;
+};
+
+// A data-parallel rank's own account, runs/<name>/rank<k>.log, each line timestamped.
+class RankLog {
+ public:
+  explicit RankLog(const std::string& path) : log_(path) {}
+  void write(const std::string& line) {
+    std::time_t now = std::time(nullptr);
+    char stamp[32];
+    std::strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", std::localtime(&now));
+    log_.write(fmt::format("{}  {}", stamp, line));
+  }
+
+ private:
+  LineLog log_;
 };
 
 // The metrics an evaluation adds: loss, and bits per byte for byte-level language
@@ -101,18 +136,33 @@ nlohmann::json evaluation_record(const Session& s, const Evaluation& e) {
 
 int run(Session& s, bool resumed) {
   const TrainSettings& t = s.settings;
+  dist::DataParallel* parallel = s.data_parallel.get();
+  const bool lead = s.rank() == 0;
+  std::string opening = fmt::format("run {}: {} parameters on {}, {} steps from step {}", t.run_name,
+                                    s.model->num_parameters(), s.device.str(), t.steps, s.step);
+  if (lead) fmt::print("{}\n", opening);
+  std::fflush(stdout);
+  std::vector<Tensor> parameters = s.model->parameters();
+  if (parallel) {
+    // Before anything is written: every rank must run the same recipe and model.
+    parallel->check_consistency(s.config.to_yaml(), s.model->named_parameters(), s.step);
+    std::string table = parallel->rank_table();
+    if (lead) fmt::print("{}", table);
+    std::fflush(stdout);
+    parallel->broadcast_parameters(s.model->named_parameters());
+    parallel->attach(parameters);
+  }
+
   fs::create_directories(fs::path(t.run_dir) / "checkpoints");
-  if (!resumed) {
+  if (!resumed && lead) {
     std::ofstream(fs::path(t.run_dir) / "config.yaml") << s.config.to_yaml();
   }
-  MetricsLog metrics((fs::path(t.run_dir) / "metrics.jsonl").string());
+  MetricsLog metrics(lead ? (fs::path(t.run_dir) / "metrics.jsonl").string() : "");
+  RankLog rank_log(parallel ? fmt::format("{}/rank{}.log", t.run_dir, s.rank()) : "");
+  rank_log.write(fmt::format("rank {} of {}: {}", s.rank(), s.world_size(), opening));
   bool interactive = isatty(STDOUT_FILENO);
-  fmt::print("run {}: {} parameters on {}, {} steps from step {}\n", t.run_name, s.model->num_parameters(),
-             s.device.str(), t.steps, s.step);
-  std::fflush(stdout);
 
   StopSignals signals;
-  std::vector<Tensor> parameters = s.model->parameters();
   std::optional<double> best_eval;
   std::string best_path;
   auto start = Clock::now();
@@ -133,18 +183,29 @@ int run(Session& s, bool resumed) {
       Tensor loss = batch_loss(*s.model, batch, s.device);
       autocast.reset();
       Tensor scaled = t.grad_accumulation > 1 ? ops::mul(loss, 1.0 / static_cast<double>(t.grad_accumulation)) : loss;
+      // Only the last micro-batch's backward pass communicates.
+      if (parallel) parallel->prepare_backward(micro + 1 == t.grad_accumulation);
       autograd::backward(scaled);
       loss_sum += loss.item();
-      s.tokens_seen += batch.targets.numel();
+      s.tokens_seen += batch.targets.numel() * s.world_size();
     }
+    if (parallel) parallel->finish_backward();
     double loss = loss_sum / static_cast<double>(t.grad_accumulation);
+    double local_loss = loss;
+    // Every rank must stop at the same step: a signal that reached any rank stops all.
+    bool stopping = stop_signal.load() != 0;
+    if (parallel) {
+      std::vector<double> totals = parallel->sum({loss, stopping ? 1.0 : 0.0});
+      loss = totals[0] / static_cast<double>(s.world_size());
+      stopping = totals[1] > 0;
+    }
     double grad_norm = optim::clip_grad_norm(parameters, t.clip_grad_norm > 0 ? t.clip_grad_norm : INFINITY);
     ++s.step;
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
       STRATA_CHECK(t.on_nonfinite == "skip",
                    "non-finite {} at step {} (loss {}, gradient norm {}); set train.on_nonfinite: skip to skip such steps",
                    std::isfinite(loss) ? "gradient" : "loss", s.step, loss, grad_norm);
-      fmt::print(stderr, "step {}: non-finite loss or gradient, step skipped\n", s.step);
+      if (lead) fmt::print(stderr, "step {}: non-finite loss or gradient, step skipped\n", s.step);
       metrics.write({{"step", s.step}, {"skipped", true}});
     } else {
       s.optimizer->step();
@@ -159,17 +220,31 @@ int run(Session& s, bool resumed) {
       int64_t memory = s.device.is_cuda() ? memory_stats(s.device).peak_bytes : 0;
       // Targets per second: tokens for language models, samples for classifiers.
       bool per_token = s.model->task() == models::Task::LanguageModel;
-      metrics.write({{"step", s.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
-                     {per_token ? "tokens_per_second" : "samples_per_second", tokens_per_second},
-                     {per_token ? "tokens_seen" : "samples_seen", s.tokens_seen},
-                     {"peak_memory_bytes", memory}, {"elapsed_seconds", total_elapsed}});
+      nlohmann::json record = {{"step", s.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
+                               {per_token ? "tokens_per_second" : "samples_per_second", tokens_per_second},
+                               {per_token ? "tokens_seen" : "samples_seen", s.tokens_seen},
+                               {"peak_memory_bytes", memory}, {"elapsed_seconds", total_elapsed}};
+      if (parallel) {
+        // Per step: the gradient all-reduces' time and the part the backward pass did not hide.
+        dist::GradientReducer::Stats c = parallel->take_stats();
+        double passes = static_cast<double>(std::max<int64_t>(c.passes, 1));
+        record["communication_ms"] = c.communication_ms / passes;
+        record["exposed_communication_ms"] = c.exposed_ms / passes;
+        record["hidden_communication_fraction"] =
+            c.communication_ms > 0 ? 1.0 - std::min(c.exposed_ms, c.communication_ms) / c.communication_ms : 1.0;
+        rank_log.write(fmt::format("step {}: loss here {:.6f}, over all ranks {:.6f}, grad norm {:.6f}, "
+                                   "all-reduce {:.2f} ms/step ({:.2f} ms not hidden)",
+                                   s.step, local_loss, loss, grad_norm, c.communication_ms / passes,
+                                   c.exposed_ms / passes));
+      }
+      metrics.write(record);
       std::string line = fmt::format("step {}/{}  loss {:.4f}  lr {:.2e}  {:.0f} {}/s{}  eta {}", s.step, t.steps, loss,
                                      lr, tokens_per_second, per_token ? "tok" : "samples",
                                      memory ? fmt::format("  mem {:.2f} GiB", static_cast<double>(memory) / (1 << 30)) : "",
                                      format_duration(eta));
-      if (interactive) {
+      if (lead && interactive) {
         fmt::print("\r\033[K{}", line);
-      } else {
+      } else if (lead) {
         fmt::print("{}\n", line);
       }
       std::fflush(stdout);
@@ -183,16 +258,17 @@ int run(Session& s, bool resumed) {
       nlohmann::json record = evaluation_record(s, e);
       record["step"] = s.step;
       metrics.write(record);
-      if (interactive) fmt::print("\n");
-      fmt::print("step {}: {}\n", s.step, record.dump());
+      if (lead) fmt::print("{}step {}: {}\n", interactive ? "\n" : "", s.step, record.dump());
       std::fflush(stdout);
+      rank_log.write(fmt::format("step {}: {}", s.step, record.dump()));
       eval_loss = e.loss;
     }
 
-    bool stopping = stop_signal.load() != 0;
-    if ((t.checkpoint_every > 0 && s.step % t.checkpoint_every == 0) || s.step == t.steps || stopping) {
+    if (!parallel) stopping = stop_signal.load() != 0;  // alone, a signal during evaluation counts too
+    if (lead && ((t.checkpoint_every > 0 && s.step % t.checkpoint_every == 0) || s.step == t.steps || stopping)) {
       std::string path = checkpoint_path(s, s.step);
       save_checkpoint(s, path, eval_loss);
+      rank_log.write("checkpoint " + path);
       if (t.keep_best && eval_loss && (!best_eval || *eval_loss < *best_eval)) {
         best_eval = eval_loss;
         best_path = path;
@@ -200,14 +276,18 @@ int run(Session& s, bool resumed) {
       prune_checkpoints(s, best_path);
     }
     if (stopping) {
-      if (interactive) fmt::print("\n");
-      fmt::print("stopped by signal {} at step {}; checkpoint written; resume with: strata resume {}\n",
-                 stop_signal.load(), s.step, t.run_dir);
+      int signal = stop_signal.load();
+      std::string line =
+          fmt::format("stopped by {} at step {}; checkpoint written; resume with: strata resume {}",
+                      signal ? fmt::format("signal {}", signal) : std::string("a signal to another rank"), s.step,
+                      t.run_dir);
+      if (lead) fmt::print("{}{}\n", interactive ? "\n" : "", line);
+      rank_log.write(line);
       return 0;
     }
   }
-  if (interactive) fmt::print("\n");
-  fmt::print("done: {} steps, checkpoint {}\n", s.step, checkpoint_path(s, s.step));
+  if (lead) fmt::print("{}done: {} steps, checkpoint {}\n", interactive ? "\n" : "", s.step, checkpoint_path(s, s.step));
+  rank_log.write(fmt::format("done: {} steps", s.step));
   return 0;
 }
 
@@ -242,8 +322,10 @@ void print_dry_run(Session& s) {
 
 int train(const TrainCommand& command) {
   config::Config config = config::Config::load(command.recipe, command.overrides);
+  // A dry run only validates: it joins no other ranks.
+  dist::LaunchInfo launch = command.dry_run ? dist::LaunchInfo{} : dist::resolve_launch();
   Session session = with_context("loading recipe " + command.recipe, [&] {
-    return build_session(std::move(config), Purpose::Train);
+    return build_session(std::move(config), Purpose::Train, launch);
   });
   if (command.dry_run) {
     print_dry_run(session);
@@ -253,7 +335,7 @@ int train(const TrainCommand& command) {
   if (from == "auto") from = newest_checkpoint(session.settings.run_dir);
   if (!from.empty()) {
     load_checkpoint(session, from, true);
-    fmt::print("resumed from {} at step {}\n", from, session.step);
+    if (session.rank() == 0) fmt::print("resumed from {} at step {}\n", from, session.step);
   }
   return run(session, !from.empty());
 }
@@ -261,9 +343,9 @@ int train(const TrainCommand& command) {
 int resume(const std::string& run_dir, const std::vector<std::string>& overrides) {
   std::string from = newest_checkpoint(run_dir);
   STRATA_CHECK(!from.empty(), "resume: no readable checkpoint in {}/checkpoints", run_dir);
-  Session session = build_session(checkpoint_config(from, overrides), Purpose::Train);
+  Session session = build_session(checkpoint_config(from, overrides), Purpose::Train, dist::resolve_launch());
   load_checkpoint(session, from, true);
-  fmt::print("resumed from {} at step {}\n", from, session.step);
+  if (session.rank() == 0) fmt::print("resumed from {} at step {}\n", from, session.step);
   return run(session, true);
 }
 

@@ -32,7 +32,8 @@ struct DataParallelOptions {
 };
 
 // The device a rank trains on: under data parallelism with several ranks, a CUDA
-// device becomes cuda:<local rank>; otherwise `requested` itself.
+// device becomes cuda:<local rank> (cuda:0 when the process sees one GPU only: the
+// launcher gave each rank its own); otherwise `requested` itself.
 Device device_for_rank(Device requested, const LaunchInfo& launch);
 // How `launch`'s rank joins the others on `device` (GLOO_SOCKET_IFNAME, when set,
 // names the interface Gloo binds).
