@@ -225,7 +225,7 @@ class GlooCommunicator final : public Communicator {
     check_tensor("reduce_scatter", output, device());
     check_reducible("reduce_scatter", input.dtype(), op);
     check_scatter_sizes("reduce_scatter", input, output, world_size_);
-    submit(fmt::format("reduce_scatter({}, {})", input.str(), reduce_op_name(op)), [this, input, output, op](uint32_t) {
+    submit(fmt::format("reduce_scatter({}, {})", input.str(), reduce_op_name(op)), [this, input, output, op](uint32_t tag) {
       switch (input.dtype()) {
         case DType::Float32:
           reduce_scatter(input.data<float>(), output.data<float>(), output.numel(), op);
@@ -247,6 +247,13 @@ class GlooCommunicator final : public Communicator {
           for (size_t i = 0; i < part.size(); ++i) out[i] = float_to_bf16(part[i]);
         }
       }
+      // Gloo's halving-doubling sends its last notifications without waiting for
+      // them to leave: a rank that went on to close its connections could lose them
+      // for a peer still waiting. A barrier keeps every rank until all are done.
+      gloo::BarrierOptions options(context_);
+      options.setTag(tag);
+      options.setTimeout(timeout_);
+      gloo::barrier(options);
     })->wait();
   }
 
