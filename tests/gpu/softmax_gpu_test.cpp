@@ -89,8 +89,16 @@ TEST_CASE("softmax on CUDA: long rows, unaligned views, other dims") {
 TEST_CASE("softmax on CUDA of large and masked logits") {
   testing::require_cuda();
   // Logits near 1000 overflow exp() unless the maximum is subtracted first.
-  check_cuda_matches_cpu([](const std::vector<Tensor>& xs) { return ops::softmax(ops::add(xs[0], 1000.0)); },
-                         {input({9, 300}, 7)}, DType::Float32, kFloat32Tolerance);
+  // x + 1000 is rounded to float32 on the device, where the spacing at 1000 is
+  // 2^-14: logit i moves by some e_i, |e_i| <= 2^-15. softmax is shift-invariant,
+  // so p_i moves by the factor 1 + e_i - sum_j p_j e_j: up to 2 * 2^-15
+  // relative. The gradient p_i * (dy_i - sum_j p_j dy_j) (|dy| <= 1) moves by
+  // up to p_i * (2 * 2^-15 * 2 + 2 * 2^-15) = 6 * 2^-15 * p_i. Absolute bounds
+  // from the largest p, on top of the float32 arithmetic's relative one.
+  const Tensor x = input({9, 300}, 7);
+  const double p_max = testing::max_abs(ops::softmax(ops::add(x.detach(), 1000.0)));
+  check_cuda_matches_cpu([](const std::vector<Tensor>& xs) { return ops::softmax(ops::add(xs[0], 1000.0)); }, {x},
+                         DType::Float32, kFloat32Tolerance, {2 * 0x1p-15 * p_max, 6 * 0x1p-15 * p_max});
   // -inf (masked) entries get probability 0 on both devices.
   Tensor masked = Tensor::from_vector<double>({-INFINITY, 1.0, 2.0, -INFINITY, 0.5, 0.0}, {2, 3});
   for (DType dtype : {DType::Float32, DType::BFloat16}) {
