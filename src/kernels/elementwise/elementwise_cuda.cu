@@ -80,19 +80,35 @@ __device__ __forceinline__ void input_offsets(const ElementwiseLayout& layout, i
 __device__ __forceinline__ int64_t first_index() { return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; }
 __device__ __forceinline__ int64_t grid_step() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
 
+// Calls body.template operator()<op>() with `op` as a compile-time constant, so
+// the switch over operations runs once per thread instead of once per element
+// and each dense loop is compiled for its one operation.
+template <class Op, int kCount, int kFirst = 0, class Body>
+__device__ __forceinline__ void with_constant_op(Op op, const Body& body) {
+  if constexpr (kFirst < kCount) {
+    if (static_cast<int>(op) == kFirst) {
+      body.template operator()<static_cast<Op>(kFirst)>();
+    } else {
+      with_constant_op<Op, kCount, kFirst + 1>(op, body);
+    }
+  }
+}
+
 template <class T>
 __global__ void unary_dense_kernel(T* __restrict__ out, const T* __restrict__ in, int64_t n, UnaryOp op,
                                    float scalar) {
-  using P = Pack<T>;
-  const int64_t packs = n / P::kWidth;
-  for (int64_t p = first_index(); p < packs; p += grid_step()) {
-    P x = reinterpret_cast<const P*>(in)[p], y;
+  with_constant_op<UnaryOp, kUnaryOpCount>(op, [&]<UnaryOp kOp>() {
+    using P = Pack<T>;
+    const int64_t packs = n / P::kWidth;
+    for (int64_t p = first_index(); p < packs; p += grid_step()) {
+      P x = reinterpret_cast<const P*>(in)[p], y;
 #pragma unroll
-    for (int k = 0; k < P::kWidth; ++k) y.values[k] = from_float<T>(unary_apply(op, to_float(x.values[k]), scalar));
-    reinterpret_cast<P*>(out)[p] = y;
-  }
-  for (int64_t i = packs * P::kWidth + first_index(); i < n; i += grid_step())
-    out[i] = from_float<T>(unary_apply(op, to_float(in[i]), scalar));
+      for (int k = 0; k < P::kWidth; ++k) y.values[k] = from_float<T>(unary_apply(kOp, to_float(x.values[k]), scalar));
+      reinterpret_cast<P*>(out)[p] = y;
+    }
+    for (int64_t i = packs * P::kWidth + first_index(); i < n; i += grid_step())
+      out[i] = from_float<T>(unary_apply(kOp, to_float(in[i]), scalar));
+  });
 }
 
 template <class T>
@@ -108,17 +124,19 @@ __global__ void unary_strided_kernel(T* __restrict__ out, const T* __restrict__ 
 template <class T>
 __global__ void binary_dense_kernel(T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b, int64_t n,
                                     BinaryOp op, float scalar) {
-  using P = Pack<T>;
-  const int64_t packs = n / P::kWidth;
-  for (int64_t p = first_index(); p < packs; p += grid_step()) {
-    P x = reinterpret_cast<const P*>(a)[p], y = reinterpret_cast<const P*>(b)[p], z;
+  with_constant_op<BinaryOp, kBinaryOpCount>(op, [&]<BinaryOp kOp>() {
+    using P = Pack<T>;
+    const int64_t packs = n / P::kWidth;
+    for (int64_t p = first_index(); p < packs; p += grid_step()) {
+      P x = reinterpret_cast<const P*>(a)[p], y = reinterpret_cast<const P*>(b)[p], z;
 #pragma unroll
-    for (int k = 0; k < P::kWidth; ++k)
-      z.values[k] = from_float<T>(binary_apply(op, to_float(x.values[k]), to_float(y.values[k]), scalar));
-    reinterpret_cast<P*>(out)[p] = z;
-  }
-  for (int64_t i = packs * P::kWidth + first_index(); i < n; i += grid_step())
-    out[i] = from_float<T>(binary_apply(op, to_float(a[i]), to_float(b[i]), scalar));
+      for (int k = 0; k < P::kWidth; ++k)
+        z.values[k] = from_float<T>(binary_apply(kOp, to_float(x.values[k]), to_float(y.values[k]), scalar));
+      reinterpret_cast<P*>(out)[p] = z;
+    }
+    for (int64_t i = packs * P::kWidth + first_index(); i < n; i += grid_step())
+      out[i] = from_float<T>(binary_apply(kOp, to_float(a[i]), to_float(b[i]), scalar));
+  });
 }
 
 template <class T>
