@@ -21,6 +21,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -148,6 +149,8 @@ class GlooCommunicator final : public Communicator {
   }
 
   ~GlooCommunicator() override {
+    // Leaving because of an error: what is queued would only wait for peers.
+    if (std::uncaught_exceptions() > 0) abort("rank " + std::to_string(rank_) + " is leaving after an error");
     {
       std::lock_guard<std::mutex> lock(mutex_);
       stopping_ = true;

@@ -129,17 +129,9 @@ GradientReducer::GradientReducer(const std::vector<Tensor>& parameters, std::sha
   }
 }
 
-GradientReducer::~GradientReducer() {
-  // Operations in flight must finish before their buffers go.
-  for (State::Bucket& bucket : state_->buckets)
-    if (bucket.launched && bucket.work) {
-      try {
-        bucket.work->wait();
-      } catch (const Error&) {
-        // Already failed: nothing is in flight any more.
-      }
-    }
-}
+// Nothing to wait for: an operation in flight keeps its bucket's storage alive
+// (Gloo's task holds the tensor; NCCL's Work orders the compute stream after it).
+GradientReducer::~GradientReducer() = default;
 
 void GradientReducer::prepare_backward(bool reduce) {
   State& s = *state_;

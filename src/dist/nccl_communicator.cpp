@@ -170,19 +170,20 @@ class NcclCommunicator final : public Communicator {
     }
     watch_changed_.notify_all();
     watchdog_.join();
+    // Let this rank's collectives finish (unless it is leaving because of an error:
+    // then peers may never finish them), then free the communicator with
+    // ncclCommAbort, which unlike ncclCommFinalize waits for no other rank, so a
+    // rank that is done never waits for one that is still busy (or dead).
     if (!aborted_.load()) {
-      // Leaving because of an error: peers may never finish what is in flight.
-      if (std::uncaught_exceptions() > 0) {
-        ncclCommAbort(comm_);
-      } else {
-        ncclResult_t status = ncclCommFinalize(comm_);
-        if (status == ncclInProgress) status = settle(status, Clock::now() + timeout_);
-        if (status == ncclSuccess) {
-          ncclCommDestroy(comm_);
-        } else {
-          ncclCommAbort(comm_);
-        }
+      cudaEvent_t drained = nullptr;  // unchecked calls: a destructor must not throw
+      if (std::uncaught_exceptions() == 0 && cudaEventCreateWithFlags(&drained, cudaEventDisableTiming) == cudaSuccess) {
+        cudaEventRecord(drained, stream_);
+        auto deadline = Clock::now() + timeout_;
+        while (cudaEventQuery(drained) == cudaErrorNotReady && Clock::now() < deadline)
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        cudaEventDestroy(drained);
       }
+      ncclCommAbort(comm_);
     }
     // Returns at once; the stream's resources go when its work is done (or aborted).
     cudaStreamDestroy(stream_);
