@@ -1,0 +1,174 @@
+// A LLaMA-shaped decoder-only language model: token embedding (no learned
+// positions: RoPE in every attention block), n_layers pre-norm blocks
+//   h = x + Attention(RMSNorm(x)),  out = h + SwiGLU(RMSNorm(h)),
+// a final RMSNorm and an output head, tied to the embedding by default. The
+// attention block (include/strata/nn/attention.h) has grouped-query heads and a
+// pattern chosen in the recipe.
+//
+// Recipe keys (section `model`): vocab_size (256), d_model, n_layers, n_heads,
+// n_kv_heads (n_heads), max_length (0 = no limit), mlp_ratio (8/3), rope_base
+// (10000), norm_eps (1e-6), tie_embeddings (true), activation_checkpointing
+// (false), and `attention`: pattern (dense | sliding | power | s2 | neighborhood |
+// sinks | selective), block_size (64 | 128, block-sparse patterns), and the
+// pattern's own keys, which only that pattern accepts:
+//   sliding: window_blocks          power: local_blocks, sink_blocks
+//   s2: local_blocks, vertical_stride, dense_heads
+//   neighborhood: window_blocks, dilation         selective: beta
+//
+// Generation: start_decoding/decode keep a KV cache per layer and attend each new
+// token over it (every pattern but neighborhood).
+#include <cmath>
+
+#include "strata/autograd/autograd.h"
+#include "strata/models/model.h"
+#include "strata/nn/attention.h"
+#include "strata/nn/layers.h"
+#include "strata/ops/ops.h"
+
+namespace strata::models {
+namespace {
+
+struct LlamaOptions {
+  int64_t vocab_size, n_layers, max_length, mlp_hidden;
+  double norm_eps;
+  bool tie_embeddings, activation_checkpointing;
+  nn::AttentionBlockOptions attention;
+
+  static LlamaOptions read(const config::Config& c) {
+    LlamaOptions o;
+    o.vocab_size = c.get_positive<int64_t>("model.vocab_size", 256);
+    nn::AttentionBlockOptions& a = o.attention;
+    a.d_model = c.get_positive<int64_t>("model.d_model");
+    o.n_layers = c.get_positive<int64_t>("model.n_layers");
+    a.n_heads = c.get_positive<int64_t>("model.n_heads");
+    a.n_kv_heads = c.get_positive<int64_t>("model.n_kv_heads", a.n_heads);
+    o.max_length = c.get_in_range<int64_t>("model.max_length", 0, INT64_MAX, 0);
+    double ratio = c.get_positive<double>("model.mlp_ratio", 8.0 / 3.0);
+    o.mlp_hidden = std::max<int64_t>(1, std::llround(ratio * static_cast<double>(a.d_model)));
+    a.rope_base = c.get_in_range<double>("model.rope_base", 1.0 + 1e-9, 1e12, 10000.0);
+    o.norm_eps = c.get_positive<double>("model.norm_eps", 1e-6);
+    o.tie_embeddings = c.get<bool>("model.tie_embeddings", true);
+    o.activation_checkpointing = c.get<bool>("model.activation_checkpointing", false);
+
+    const std::string p = "model.attention.";
+    std::string pattern = c.get_choice(p + "pattern", {"dense", "sliding", "power", "s2", "neighborhood", "sinks",
+                                                       "selective"});
+    a.pattern = nn::parse_attention_pattern(pattern);
+    bool sparse = pattern == "sliding" || pattern == "power" || pattern == "s2" || pattern == "neighborhood";
+    if (sparse) a.block_size = c.get_choice(p + "block_size", {"64", "128"}, std::string("64")) == "64" ? 64 : 128;
+    if (pattern == "sliding" || pattern == "neighborhood")
+      a.window_blocks = c.get_positive<int64_t>(p + "window_blocks");
+    if (pattern == "neighborhood") a.dilation = c.get_positive<int64_t>(p + "dilation", 1);
+    if (pattern == "power" || pattern == "s2") a.local_blocks = c.get_positive<int64_t>(p + "local_blocks", 1);
+    if (pattern == "power") a.sink_blocks = c.get_in_range<int64_t>(p + "sink_blocks", 0, INT64_MAX, 1);
+    if (pattern == "s2") {
+      a.vertical_stride = c.get_positive<int64_t>(p + "vertical_stride");
+      a.dense_heads = c.get_in_range<int64_t>(p + "dense_heads", 0, a.n_heads - 1, 0);
+    }
+    if (pattern == "selective") a.selective_beta = c.get<double>(p + "beta", 1.5);
+    a.validate();
+    return o;
+  }
+};
+
+class LlamaBlock : public nn::Module {
+ public:
+  LlamaBlock(const LlamaOptions& o, Generator& generator) {
+    int64_t d = o.attention.d_model;
+    attention_norm_ = register_module("attention_norm", std::make_shared<nn::RMSNorm>(d, o.norm_eps));
+    attention_ = register_module("attention", std::make_shared<nn::AttentionBlock>(o.attention, generator));
+    mlp_norm_ = register_module("mlp_norm", std::make_shared<nn::RMSNorm>(d, o.norm_eps));
+    mlp_ = register_module("mlp", std::make_shared<nn::GatedMLP>(d, o.mlp_hidden, false, generator));
+  }
+
+  // x (batch, length, d_model) -> (batch, length, d_model)
+  Tensor forward(const Tensor& x) { return feed_forward(ops::add(x, attention_->forward(attention_norm_->forward(x)))); }
+  // x_t (batch, 1, d_model), appending to `cache`.
+  Tensor step(const Tensor& x_t, nn::KVCache& cache) {
+    return feed_forward(ops::add(x_t, attention_->forward_step(attention_norm_->forward(x_t), cache)));
+  }
+
+ private:
+  Tensor feed_forward(const Tensor& h) { return ops::add(h, mlp_->forward(mlp_norm_->forward(h))); }
+
+  std::shared_ptr<nn::RMSNorm> attention_norm_, mlp_norm_;
+  std::shared_ptr<nn::AttentionBlock> attention_;
+  std::shared_ptr<nn::GatedMLP> mlp_;
+};
+
+struct LlamaDecodingState : DecodingState {
+  int64_t batch = 0;
+  std::vector<nn::KVCache> caches;  // one per layer
+};
+
+class LlamaLM : public Model {
+ public:
+  LlamaLM(const LlamaOptions& o, Generator& generator) : options_(o) {
+    int64_t d = o.attention.d_model;
+    embedding_ = register_module("embedding", std::make_shared<nn::Embedding>(o.vocab_size, d, generator));
+    layers_ = register_module("layers", std::make_shared<nn::ModuleList>());
+    for (int64_t i = 0; i < o.n_layers; ++i) layers_->push_back(std::make_shared<LlamaBlock>(o, generator));
+    final_norm_ = register_module("final_norm", std::make_shared<nn::RMSNorm>(d, o.norm_eps));
+    if (!o.tie_embeddings) head_ = register_module("head", std::make_shared<nn::Linear>(d, o.vocab_size, false, generator));
+  }
+
+  Tensor forward(const Tensor& tokens) override {
+    STRATA_CHECK(tokens.dim() == 2, "llama: tokens must be (batch, length), got {}", tokens.str());
+    STRATA_CHECK(options_.max_length == 0 || tokens.size(1) <= options_.max_length,
+                 "llama: sequence length {} exceeds model.max_length {}", tokens.size(1), options_.max_length);
+    Tensor x = embedding_->forward(tokens);  // (batch, length, d_model)
+    for (size_t i = 0; i < layers_->size(); ++i) {
+      auto block = layers_->get<LlamaBlock>(i);
+      if (options_.activation_checkpointing && is_training()) {
+        x = autograd::checkpoint(
+            [block](const std::vector<Tensor>& in) { return std::vector<Tensor>{block->forward(in[0])}; }, {x},
+            "checkpoint(llama block)")[0];
+      } else {
+        x = block->forward(x);
+      }
+    }
+    return logits(x);
+  }
+
+  Task task() const override { return Task::LanguageModel; }
+  int64_t max_length() const override { return options_.max_length; }
+
+  std::unique_ptr<DecodingState> start_decoding(int64_t batch) override {
+    if (options_.attention.pattern == nn::AttentionPattern::Neighborhood) return nullptr;
+    STRATA_CHECK(batch > 0, "llama start_decoding: batch must be positive, got {}", batch);
+    auto state = std::make_unique<LlamaDecodingState>();
+    state->batch = batch;
+    state->caches.resize(layers_->size());
+    return state;
+  }
+
+  Tensor decode(const Tensor& tokens_t, DecodingState& state) override {
+    auto* llama_state = dynamic_cast<LlamaDecodingState*>(&state);
+    STRATA_CHECK(llama_state != nullptr, "llama decode: the state was not made by this model's start_decoding");
+    STRATA_CHECK(tokens_t.dim() == 1 && tokens_t.size(0) == llama_state->batch,
+                 "llama decode: tokens_t must be (batch = {}), got {}", llama_state->batch, tokens_t.str());
+    Tensor x = embedding_->forward(ops::unsqueeze(tokens_t, 1));  // (batch, 1, d_model)
+    for (size_t i = 0; i < layers_->size(); ++i) x = layers_->get<LlamaBlock>(i)->step(x, llama_state->caches[i]);
+    return ops::squeeze(logits(x), 1);
+  }
+
+ private:
+  // (..., d_model) -> (..., vocab)
+  Tensor logits(const Tensor& x) const {
+    Tensor normed = final_norm_->forward(x);
+    return head_ ? head_->forward(normed) : ops::linear(normed, embedding_->weight());
+  }
+
+  LlamaOptions options_;
+  std::shared_ptr<nn::Embedding> embedding_;
+  std::shared_ptr<nn::ModuleList> layers_;
+  std::shared_ptr<nn::RMSNorm> final_norm_;
+  std::shared_ptr<nn::Linear> head_;
+};
+
+const bool registered = register_family("llama", [](const config::Config& c, Generator& generator) {
+  return std::make_shared<LlamaLM>(LlamaOptions::read(c), generator);
+});
+
+}  // namespace
+}  // namespace strata::models
