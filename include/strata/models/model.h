@@ -24,6 +24,14 @@ class Model : public nn::Module {
   virtual Task task() const = 0;
   // Language models: the longest context the model accepts (generation crops to it).
   virtual int64_t max_length() const { return 0; }
+
+  // A scalar the trainer adds to the task loss after each forward pass (the
+  // weighted load-balancing and z-losses of mixture-of-experts layers, computed by
+  // that pass and differentiable); undefined when the model has none.
+  virtual Tensor auxiliary_loss() { return Tensor(); }
+  // Named values describing the last forward pass (expert usage per MoE layer, ...)
+  // for the metrics log; read back from the device, so call them when logging.
+  virtual std::vector<std::pair<std::string, double>> metrics() { return {}; }
 };
 
 using ModelFactory = std::function<std::shared_ptr<Model>(const config::Config& config, Generator& generator)>;

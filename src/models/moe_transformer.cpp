@@ -1,0 +1,255 @@
+// A decoder-only mixture-of-experts Transformer language model: the pre-norm
+// Transformer of models/transformer.cpp (token and learned position embeddings,
+// causal multi-head attention composed of ops, a final norm, a tied head) whose
+// feed-forward slot is an nn::MoEFeedForward in every `moe_every`-th block (blocks
+// moe_every - 1, 2 moe_every - 1, ...; 1 = all blocks; 0 = none, the dense
+// counterpart with the same code) and a dense SwiGLU elsewhere.
+// Blocks listed in `pkm.layers` get an nn::ProductKeyMemory in that slot instead.
+//
+// The auxiliary losses of the MoE layers (load balancing and router z-loss, already
+// weighted) are summed into auxiliary_loss() by each forward pass; the trainer adds
+// it to the task loss. metrics() reports each MoE layer's expert usage.
+//
+// Recipe keys (section `model`): vocab_size, d_model, n_layers, n_heads, max_length,
+// mlp_ratio (dense SwiGLU hidden / d_model), norm (layernorm | rmsnorm), dropout,
+// tie_embeddings, activation_checkpointing, moe_every, and
+//   moe: experts, top_k, expert_hidden, capacity_factor (0 = dropless),
+//        router (softmax | sigmoid), renormalize, aux_loss_weight, z_loss_weight,
+//        shared_expert, chunk_size
+//   pkm: layers (list of block indices), n_keys, top_k, d_key   (optional)
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "strata/autograd/autograd.h"
+#include "strata/models/model.h"
+#include "strata/nn/layers.h"
+#include "strata/nn/moe.h"
+#include "strata/ops/moe.h"
+#include "strata/ops/ops.h"
+
+namespace strata::models {
+namespace {
+
+struct MoETransformerOptions {
+  int64_t vocab_size, d_model, n_layers, n_heads, max_length, mlp_hidden, moe_every;
+  std::string norm;
+  double dropout;
+  bool tie_embeddings, activation_checkpointing;
+  nn::MoEFeedForwardOptions moe;
+  std::vector<int64_t> pkm_layers;
+  int64_t pkm_n_keys = 0, pkm_top_k = 0, pkm_d_key = 0;
+
+  static MoETransformerOptions read(const config::Config& c) {
+    MoETransformerOptions o;
+    o.vocab_size = c.get_positive<int64_t>("model.vocab_size", 256);
+    o.d_model = c.get_positive<int64_t>("model.d_model");
+    o.n_layers = c.get_positive<int64_t>("model.n_layers");
+    o.n_heads = c.get_positive<int64_t>("model.n_heads");
+    o.max_length = c.get_positive<int64_t>("model.max_length");
+    double ratio = c.get_positive<double>("model.mlp_ratio", 8.0 / 3.0);
+    o.mlp_hidden = static_cast<int64_t>(std::llround(ratio * static_cast<double>(o.d_model)));
+    o.norm = c.get_choice("model.norm", {"layernorm", "rmsnorm"}, std::string("rmsnorm"));
+    o.dropout = c.get_in_range<double>("model.dropout", 0.0, 0.99, 0.0);
+    o.tie_embeddings = c.get<bool>("model.tie_embeddings", true);
+    o.activation_checkpointing = c.get<bool>("model.activation_checkpointing", false);
+    o.moe_every = c.get_in_range<int64_t>("model.moe_every", 0, o.n_layers, 2);
+    STRATA_CHECK(o.d_model % o.n_heads == 0, "model.d_model ({}) must be a multiple of model.n_heads ({})", o.d_model,
+                 o.n_heads);
+
+    nn::MoEFeedForwardOptions& m = o.moe;
+    m.d_model = o.d_model;
+    m.experts = c.get_positive<int64_t>("model.moe.experts", 8);
+    m.top_k = c.get_in_range<int64_t>("model.moe.top_k", 1, m.experts, 2);
+    m.expert_hidden = c.get_positive<int64_t>("model.moe.expert_hidden", o.mlp_hidden);
+    m.capacity_factor = c.get_in_range<double>("model.moe.capacity_factor", 0.0, 1e6, 0.0);
+    m.router = ops::parse_router_scoring(c.get_choice("model.moe.router", {"softmax", "sigmoid"}, std::string("softmax")));
+    m.renormalize = c.get<bool>("model.moe.renormalize", true);
+    m.aux_loss_weight = c.get_in_range<double>("model.moe.aux_loss_weight", 0.0, 1e6, 0.01);
+    m.z_loss_weight = c.get_in_range<double>("model.moe.z_loss_weight", 0.0, 1e6, 0.001);
+    m.shared_expert = c.get<bool>("model.moe.shared_expert", false);
+    m.chunk_size = c.get_positive<int64_t>("model.moe.chunk_size", 1);
+    m.validate();
+
+    if (c.has("model.pkm")) {
+      o.pkm_layers = c.get<std::vector<int64_t>>("model.pkm.layers");
+      for (int64_t layer : o.pkm_layers)
+        STRATA_CHECK(layer >= 0 && layer < o.n_layers, "model.pkm.layers: block {} is outside 0..{}", layer,
+                     o.n_layers - 1);
+      o.pkm_n_keys = c.get_positive<int64_t>("model.pkm.n_keys");
+      o.pkm_top_k = c.get_in_range<int64_t>("model.pkm.top_k", 1, o.pkm_n_keys, std::min<int64_t>(8, o.pkm_n_keys));
+      o.pkm_d_key = c.get_positive<int64_t>("model.pkm.d_key", o.d_model / 2);
+    }
+    return o;
+  }
+
+  bool is_moe_block(int64_t index) const { return moe_every > 0 && (index + 1) % moe_every == 0; }
+  bool is_pkm_block(int64_t index) const {
+    return std::find(pkm_layers.begin(), pkm_layers.end(), index) != pkm_layers.end();
+  }
+};
+
+std::shared_ptr<nn::Module> make_norm(const MoETransformerOptions& o) {
+  if (o.norm == "rmsnorm") return std::make_shared<nn::RMSNorm>(o.d_model);
+  return std::make_shared<nn::LayerNorm>(o.d_model);
+}
+
+Tensor apply_norm(const std::shared_ptr<nn::Module>& norm, const Tensor& x) {
+  if (auto* rms = dynamic_cast<nn::RMSNorm*>(norm.get())) return rms->forward(x);
+  return static_cast<nn::LayerNorm*>(norm.get())->forward(x);
+}
+
+class CausalSelfAttention : public nn::Module {
+ public:
+  CausalSelfAttention(const MoETransformerOptions& o, Generator& generator)
+      : n_heads_(o.n_heads), d_head_(o.d_model / o.n_heads), dropout_(o.dropout) {
+    qkv_ = register_module("qkv", std::make_shared<nn::Linear>(o.d_model, 3 * o.d_model, true, generator));
+    out_ = register_module("out", std::make_shared<nn::Linear>(o.d_model, o.d_model, true, generator));
+  }
+
+  // x (batch, length, d_model) -> (batch, length, d_model)
+  Tensor forward(const Tensor& x) {
+    int64_t batch = x.size(0), length = x.size(1), d_model = x.size(2);
+    // (batch, length, 3, heads, d_head) -> 3 x (batch, heads, length, d_head)
+    Tensor qkv = ops::permute(ops::reshape(qkv_->forward(x), {batch, length, 3, n_heads_, d_head_}), {2, 0, 3, 1, 4});
+    std::vector<Tensor> parts = ops::split(qkv, {1, 1, 1}, 0);
+    Tensor q = ops::squeeze(parts[0], 0), k = ops::squeeze(parts[1], 0), v = ops::squeeze(parts[2], 0);
+    Tensor scores = ops::mul(ops::matmul(q, ops::transpose(k, -2, -1)), 1.0 / std::sqrt(static_cast<double>(d_head_)));
+    scores = ops::masked_fill(scores, ops::causal_mask(length, x.device()), -INFINITY);
+    Tensor probabilities = ops::dropout(ops::softmax(scores, -1), dropout_, is_training());
+    Tensor context = ops::matmul(probabilities, v);  // (batch, heads, length, d_head)
+    context = ops::reshape(ops::permute(context, {0, 2, 1, 3}), {batch, length, d_model});
+    return ops::dropout(out_->forward(context), dropout_, is_training());
+  }
+
+ private:
+  int64_t n_heads_, d_head_;
+  double dropout_;
+  std::shared_ptr<nn::Linear> qkv_, out_;
+};
+
+// Pre-norm block; its feed-forward slot is dense SwiGLU, MoE or product-key memory.
+class MoETransformerBlock : public nn::Module {
+ public:
+  MoETransformerBlock(const MoETransformerOptions& o, int64_t index, Generator& generator) : dropout_(o.dropout) {
+    attention_norm_ = register_module("attention_norm", make_norm(o));
+    attention_ = register_module("attention", std::make_shared<CausalSelfAttention>(o, generator));
+    mlp_norm_ = register_module("mlp_norm", make_norm(o));
+    if (o.is_pkm_block(index))
+      memory_ = register_module("memory", std::make_shared<nn::ProductKeyMemory>(o.d_model, o.pkm_d_key, o.pkm_n_keys,
+                                                                                 o.pkm_top_k, generator));
+    else if (o.is_moe_block(index))
+      moe_ = register_module("moe", std::make_shared<nn::MoEFeedForward>(o.moe, generator));
+    else
+      mlp_ = register_module("mlp", std::make_shared<nn::GatedMLP>(o.d_model, o.mlp_hidden, false, generator));
+  }
+
+  // {x} -> {block output} or, for an MoE block, {block output, weighted auxiliary loss}:
+  // returning the loss (rather than reading it off the layer) keeps it differentiable
+  // through activation checkpointing, whose recomputation builds a new graph.
+  std::vector<Tensor> forward(const Tensor& x) {
+    Tensor h = ops::add(x, attention_->forward(apply_norm(attention_norm_, x)));
+    Tensor normed = apply_norm(mlp_norm_, h);
+    Tensor slot = moe_ ? moe_->forward(normed) : memory_ ? memory_->forward(normed) : mlp_->forward(normed);
+    Tensor out = ops::add(h, ops::dropout(slot, dropout_, is_training()));
+    if (moe_) return {out, moe_->auxiliary_loss()};
+    return {out};
+  }
+
+  const std::shared_ptr<nn::MoEFeedForward>& moe() const { return moe_; }
+  const std::shared_ptr<nn::ProductKeyMemory>& memory() const { return memory_; }
+
+ private:
+  double dropout_;
+  std::shared_ptr<nn::Module> attention_norm_, mlp_norm_;
+  std::shared_ptr<CausalSelfAttention> attention_;
+  std::shared_ptr<nn::GatedMLP> mlp_;
+  std::shared_ptr<nn::MoEFeedForward> moe_;
+  std::shared_ptr<nn::ProductKeyMemory> memory_;
+};
+
+class MoETransformerLM : public Model {
+ public:
+  MoETransformerLM(const MoETransformerOptions& o, Generator& generator) : options_(o) {
+    token_embedding_ = register_module("token_embedding", std::make_shared<nn::Embedding>(o.vocab_size, o.d_model, generator));
+    position_embedding_ =
+        register_module("position_embedding", std::make_shared<nn::Embedding>(o.max_length, o.d_model, generator));
+    layers_ = register_module("layers", std::make_shared<nn::ModuleList>());
+    for (int64_t i = 0; i < o.n_layers; ++i) layers_->push_back(std::make_shared<MoETransformerBlock>(o, i, generator));
+    final_norm_ = register_module("final_norm", make_norm(o));
+    if (!o.tie_embeddings)
+      head_ = register_module("head", std::make_shared<nn::Linear>(o.d_model, o.vocab_size, false, generator));
+  }
+
+  Tensor forward(const Tensor& tokens) override {
+    STRATA_CHECK(tokens.dim() == 2, "moe_transformer: tokens must be (batch, length), got {}", tokens.str());
+    int64_t length = tokens.size(1);
+    STRATA_CHECK(length <= options_.max_length, "moe_transformer: sequence length {} exceeds model.max_length {}",
+                 length, options_.max_length);
+    Tensor positions = Tensor::arange(length, DType::Int64, tokens.device());
+    Tensor x = ops::add(token_embedding_->forward(tokens), position_embedding_->forward(positions));
+    x = ops::dropout(x, options_.dropout, is_training());
+    auxiliary_loss_ = Tensor();
+    for (size_t i = 0; i < layers_->size(); ++i) {
+      auto block = layers_->get<MoETransformerBlock>(i);
+      std::vector<Tensor> outputs =
+          options_.activation_checkpointing && is_training()
+              ? autograd::checkpoint([block](const std::vector<Tensor>& in) { return block->forward(in[0]); }, {x},
+                                     "checkpoint(moe transformer block)")
+              : block->forward(x);
+      x = outputs[0];
+      if (outputs.size() > 1) auxiliary_loss_ = auxiliary_loss_.defined() ? ops::add(auxiliary_loss_, outputs[1]) : outputs[1];
+    }
+    x = apply_norm(final_norm_, x);
+    return head_ ? head_->forward(x) : ops::linear(x, token_embedding_->weight());
+  }
+
+  // The summed, weighted auxiliary losses of the MoE blocks in the last forward pass
+  // (undefined when the model has no MoE block).
+  Tensor auxiliary_loss() override { return auxiliary_loss_; }
+
+  // Per MoE block i: moe.<i>.expert_<e> (the fraction of the block's routed
+  // assignments expert e processed), moe.<i>.dropped (the fraction capacity dropped),
+  // moe.<i>.load_balance and moe.<i>.z_loss (unweighted); per memory block:
+  // pkm.<i>.usage (the fraction of value rows read).
+  std::vector<std::pair<std::string, double>> metrics() override {
+    std::vector<std::pair<std::string, double>> out;
+    for (size_t i = 0; i < layers_->size(); ++i) {
+      auto block = layers_->get<MoETransformerBlock>(i);
+      if (block->moe()) {
+        nn::ExpertUsage usage = block->moe()->usage();
+        if (usage.assignments == 0) continue;
+        const std::string prefix = "moe." + std::to_string(i) + ".";
+        const double assignments = static_cast<double>(usage.assignments);
+        for (size_t e = 0; e < usage.tokens_per_expert.size(); ++e)
+          out.emplace_back(prefix + "expert_" + std::to_string(e),
+                           static_cast<double>(usage.tokens_per_expert[e]) / assignments);
+        out.emplace_back(prefix + "dropped", static_cast<double>(usage.dropped) / assignments);
+        out.emplace_back(prefix + "load_balance", usage.load_balancing_loss);
+        out.emplace_back(prefix + "z_loss", usage.z_loss);
+      }
+      if (block->memory()) out.emplace_back("pkm." + std::to_string(i) + ".usage", block->memory()->value_usage());
+    }
+    return out;
+  }
+
+  Task task() const override { return Task::LanguageModel; }
+  int64_t max_length() const override { return options_.max_length; }
+
+ private:
+  MoETransformerOptions options_;
+  std::shared_ptr<nn::Embedding> token_embedding_, position_embedding_;
+  std::shared_ptr<nn::ModuleList> layers_;
+  std::shared_ptr<nn::Module> final_norm_;
+  std::shared_ptr<nn::Linear> head_;
+  Tensor auxiliary_loss_;
+};
+
+const bool registered = register_family("moe_transformer", [](const config::Config& c, Generator& generator) {
+  return std::make_shared<MoETransformerLM>(MoETransformerOptions::read(c), generator);
+});
+
+}  // namespace
+}  // namespace strata::models
