@@ -53,10 +53,12 @@ void check_matrix(const char* op, const char* name, const Tensor& t, const char*
   STRATA_CHECK(t.dim() == 2, "{}: {} {} must be {}", op, name, t.str(), layout);
 }
 
+#ifdef STRATA_WITH_CUDA
 // Reports an unsupported dtype from a CUDA launcher.
 void check_supported(bool supported, const char* op, const Tensor& t) {
   STRATA_CHECK(supported, "{}: {} is not supported on CUDA", op, t.str());
 }
+#endif
 
 // ---- raw row moves (no autograd) ---------------------------------------------------
 
@@ -420,7 +422,7 @@ Tensor grouped_rows_product(const Tensor& x, const Tensor& weight, const Tensor&
 
 // (experts, n_out, n_in): per expert, grad_out's group^T times x's group.
 Tensor grouped_weight_grad(const Tensor& grad_out, const Tensor& x, const Tensor& offsets, int64_t experts) {
-  const int64_t rows = x.size(0), n_out = grad_out.size(1), n_in = x.size(1);
+  const int64_t n_out = grad_out.size(1), n_in = x.size(1);
   Tensor grad_weight = Tensor::empty({experts, n_out, n_in}, x.dtype(), x.device());
   if (x.device().is_cpu()) {
     for_cpu_dtype(x.dtype(), [&]<class T>(T) {
@@ -430,7 +432,7 @@ Tensor grouped_weight_grad(const Tensor& grad_out, const Tensor& x, const Tensor
   } else {
 #ifdef STRATA_WITH_CUDA
     check_supported(kernels::grouped_gemm_weight_grad_cuda(x.dtype(), grad_out.data_ptr(), x.data_ptr(),
-                                                           offsets.data<int64_t>(), rows, experts, n_out, n_in,
+                                                           offsets.data<int64_t>(), x.size(0), experts, n_out, n_in,
                                                            grad_weight.data_ptr()),
                     "grouped_linear backward", x);
 #endif
