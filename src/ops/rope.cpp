@@ -18,11 +18,13 @@ constexpr const char* kOp = "rotary_embedding";
 std::pair<Tensor, Tensor> rotation_tables(const std::vector<int64_t>& positions, int64_t head_dim, double base,
                                           DType dtype, Device device) {
   int64_t half = head_dim / 2, length = static_cast<int64_t>(positions.size());
+  std::vector<double> thetas(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    thetas[static_cast<size_t>(i)] = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
   std::vector<double> cosines(static_cast<size_t>(length * half)), sines(cosines.size());
   for (int64_t m = 0; m < length; ++m) {
     for (int64_t i = 0; i < half; ++i) {
-      double theta = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
-      double angle = static_cast<double>(positions[static_cast<size_t>(m)]) * theta;
+      double angle = static_cast<double>(positions[static_cast<size_t>(m)]) * thetas[static_cast<size_t>(i)];
       cosines[static_cast<size_t>(m * half + i)] = std::cos(angle);
       sines[static_cast<size_t>(m * half + i)] = std::sin(angle);
     }

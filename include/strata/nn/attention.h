@@ -90,7 +90,8 @@ class AttentionBlock : public Module {
 
  private:
   // q (batch, n_heads, Lq, hd), k, v (batch, n_kv_heads, Lk, hd); x (batch, Lq, d_model)
-  // the queries' inputs (selective temperatures), first_position the 1-based... of q.
+  // the queries' inputs (for the selective temperatures); query_offset the 0-based
+  // position of the first query (the number of tokens cached before it).
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& x, int64_t query_offset);
   kernels::BlockLayout build_layout(const kernels::LayoutGeometry& geometry) const;
 
