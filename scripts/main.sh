@@ -4,6 +4,9 @@
 # visible, else the CPU-sized variant).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# OpenMP threads that spin while waiting starve the other processes on a small
+# machine (ctest runs two test binaries at once): let them sleep instead.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 scripts/install-deps.sh
 scripts/build.sh
 build/strata prepare bible_kjv

@@ -76,8 +76,11 @@ void check_case(const GpuCase& c, uint64_t seed, bool with_float32 = true) {
     return widened(r.out, r.lse.dtype());
   };
   if (with_float32) testing::check_cuda_matches_cpu(f, inputs, DType::Float32, 1e-4);
-  testing::check_cuda_matches_cpu(f, inputs, DType::Float16, 1e-2);
-  testing::check_cuda_matches_cpu(f, inputs, DType::BFloat16, 5e-2);
+  // The absolute floor covers gradients that cancel exactly (one visible key: the
+  // softmax is constant and dq = dk = 0), where the kernel leaves rounding of order
+  // eps(dtype) * |dO . v| instead of an exact zero (measured 6e-8 in float16).
+  testing::check_cuda_matches_cpu(f, inputs, DType::Float16, 1e-2, 1e-4);
+  testing::check_cuda_matches_cpu(f, inputs, DType::BFloat16, 5e-2, 1e-3);
 }
 
 }  // namespace

@@ -120,9 +120,13 @@ TEST_CASE("router weights, auxiliary losses, dispatch and combine: CUDA gradient
           return ops::add(r.load_balancing_loss, r.z_loss);
         };
         // float32: a few roundings of values of order 1. bfloat16 activations carry
-        // 8 bits (relative 2^-8 per rounding, a few roundings deep).
+        // 8 bits (relative 2^-8 per rounding, a few roundings deep). The logits'
+        // gradient sums terms p_i (delta_ij - p_j) g_j of routing probabilities that
+        // are rounded to bfloat16 (absolute error up to 2^-9 each, two factors): where
+        // it cancels to ~0 (saturated softmax over separated logits) the error is
+        // absolute, up to 2^-7 (measured 4.6e-3 on an H200).
         testing::check_cuda_matches_cpu(layer, {x, logits}, DType::Float32, 1e-5, 1e-6);
-        testing::check_cuda_matches_cpu(layer, {x, logits}, DType::BFloat16, 3e-2, 1e-3);
+        testing::check_cuda_matches_cpu(layer, {x, logits}, DType::BFloat16, 3e-2, 1.0 / 128);
         testing::check_cuda_matches_cpu(losses, {logits}, DType::Float32, 1e-5, 1e-6);
         // The losses are float32 sums over the routed logits, which are exact in
         // bfloat16 for token routing and rounded to 8 bits once by the chunk mean;
