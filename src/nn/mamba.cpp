@@ -1,0 +1,184 @@
+#include "strata/nn/mamba.h"
+
+#include <cmath>
+#include <vector>
+
+#include "strata/nn/init.h"
+#include "strata/ops/ops.h"
+#include "strata/ops/ssm.h"
+
+namespace strata::nn {
+
+CausalConv1d::CausalConv1d(int64_t channels, int64_t kernel_size, Generator& generator)
+    : channels_(channels), kernel_size_(kernel_size) {
+  STRATA_CHECK(channels > 0 && kernel_size >= 2 && kernel_size <= 8,
+               "CausalConv1d: expected channels > 0 and kernel_size in 2..8, got {} and {}", channels, kernel_size);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(kernel_size));
+  Tensor weight = Tensor::empty({channels, kernel_size});
+  init::uniform_(weight, -bound, bound, generator);
+  register_parameter("weight", weight, true);
+  Tensor bias = Tensor::empty({channels});
+  init::uniform_(bias, -bound, bound, generator);
+  register_parameter("bias", bias, false);
+}
+
+Tensor CausalConv1d::forward(const Tensor& x, bool silu) const { return ops::causal_conv1d(x, weight(), bias(), silu); }
+
+Tensor CausalConv1d::step(const Tensor& conv_state, const Tensor& x, bool silu) const {
+  return ops::causal_conv1d_step(conv_state, x, weight(), bias(), silu);
+}
+
+void MambaOptions::validate() const {
+  STRATA_CHECK(d_model > 0, "MambaBlock: d_model must be positive, got {}", d_model);
+  STRATA_CHECK(d_state > 0, "MambaBlock: d_state must be positive, got {}", d_state);
+  STRATA_CHECK(expand > 0, "MambaBlock: expand must be positive, got {}", expand);
+  STRATA_CHECK(d_conv >= 2 && d_conv <= 8, "MambaBlock: d_conv must be in 2..8, got {}", d_conv);
+  STRATA_CHECK(dt_rank >= 0, "MambaBlock: dt_rank must be positive (or 0 for ceil(d_model / 16)), got {}", dt_rank);
+  STRATA_CHECK(dt_min > 0 && dt_min <= dt_max, "MambaBlock: need 0 < dt_min <= dt_max, got dt_min {} and dt_max {}",
+               dt_min, dt_max);
+  STRATA_CHECK(dt_init_floor > 0, "MambaBlock: dt_init_floor must be positive, got {}", dt_init_floor);
+}
+
+namespace {
+
+// softplus^-1(dt) for dt drawn log-uniformly in [dt_min, dt_max] (clamped below by
+// the floor), one per channel: softplus(bias) then starts at those step sizes.
+Tensor initial_dt_bias(const MambaOptions& o, Generator& generator) {
+  Tensor log_dt = rand_uniform({o.d_inner()}, std::log(o.dt_min), std::log(o.dt_max), DType::Float64, Device::cpu(),
+                               generator);
+  std::vector<double> bias = log_dt.to_vector<double>();
+  for (double& value : bias) {
+    const double dt = std::max(std::exp(value), o.dt_init_floor);
+    value = dt + std::log(-std::expm1(-dt));  // softplus^-1(dt) = log(exp(dt) - 1), written to stay accurate for small dt
+  }
+  return Tensor::from_vector(bias, {o.d_inner()}).to(DType::Float32);
+}
+
+}  // namespace
+
+MambaBlock::MambaBlock(const MambaOptions& options, Generator& generator)
+    : options_(options), dt_rank_(options.resolved_dt_rank()) {
+  options_.validate();
+  const int64_t d_inner = options_.d_inner();
+  in_proj = register_module("in_proj", std::make_shared<Linear>(options_.d_model, 2 * d_inner, false, generator));
+  conv1d = register_module("conv1d", std::make_shared<CausalConv1d>(d_inner, options_.d_conv, generator));
+  add_direction(false, generator);
+  if (options_.bidirectional) add_direction(true, generator);
+  out_proj = register_module("out_proj", std::make_shared<Linear>(d_inner, options_.d_model, false, generator));
+}
+
+void MambaBlock::add_direction(bool backward, Generator& generator) {
+  // Vim's names for the backward direction: A_b_log, D_b, x_proj_b, dt_proj_b.
+  auto name = [backward](const std::string& base) {
+    if (!backward) return base;
+    return base == "A_log" ? std::string("A_b_log") : base + "_b";
+  };
+  const int64_t d_inner = options_.d_inner(), N = options_.d_state;
+  Direction d;
+  if (options_.lti) {
+    d.B = name("B");
+    d.C = name("C");
+    d.dt_bias = name("dt_bias");
+    Tensor C = Tensor::empty({d_inner, N});
+    init::normal_(C, 0.0, 1.0, generator);
+    register_parameter(d.B, Tensor::ones({d_inner, N}), false);
+    register_parameter(d.C, C, false);
+    register_parameter(d.dt_bias, initial_dt_bias(options_, generator), false);
+  } else {
+    d.x_proj = register_module(name("x_proj"), std::make_shared<Linear>(d_inner, dt_rank_ + 2 * N, false, generator));
+    d.dt_proj = register_module(name("dt_proj"), std::make_shared<Linear>(dt_rank_, d_inner, true, generator));
+    Tensor weight = d.dt_proj->weight(), bias = d.dt_proj->bias();
+    const double bound = 1.0 / std::sqrt(static_cast<double>(dt_rank_));
+    init::uniform_(weight, -bound, bound, generator);
+    bias.copy_(initial_dt_bias(options_, generator));  // a Linear bias: already without weight decay
+  }
+  // A_log[d, n] = log(n + 1): A = -(1, ..., N) in every channel.
+  std::vector<float> a_log(static_cast<size_t>(d_inner * N));
+  for (int64_t c = 0; c < d_inner; ++c)
+    for (int64_t n = 0; n < N; ++n) a_log[c * N + n] = std::log(static_cast<float>(n + 1));
+  d.A_log = name("A_log");
+  d.D = name("D");
+  register_parameter(d.A_log, Tensor::from_vector(a_log, {d_inner, N}), false);
+  register_parameter(d.D, Tensor::ones({d_inner}), false);
+  directions_.push_back(d);
+}
+
+MambaBlock::ScanInputs MambaBlock::scan_inputs(const Direction& d, const Tensor& x) const {
+  const int64_t batch = x.size(0), d_inner = x.size(1), length = x.size(2), N = options_.d_state;
+  ScanInputs s;
+  s.A = ops::neg(ops::exp(parameter(d.A_log)));
+  if (options_.lti) {
+    // One group per channel, the same B and C at every position of every sequence.
+    auto everywhere = [&](const Tensor& p) {
+      return ops::expand(ops::unsqueeze(ops::unsqueeze(p, 0), 3), {batch, d_inner, N, length});
+    };
+    s.delta = Tensor::zeros(x.shape(), x.dtype(), x.device());
+    s.delta_bias = parameter(d.dt_bias);
+    s.B = everywhere(parameter(d.B));
+    s.C = everywhere(parameter(d.C));
+    return s;
+  }
+  // (batch, L, R + 2N) -> dt (batch, L, R), B and C (batch, L, N)
+  std::vector<Tensor> dt_B_C = ops::split(d.x_proj->forward(ops::transpose(x, 1, 2)), {dt_rank_, N, N}, -1);
+  s.delta = ops::transpose(ops::linear(dt_B_C[0], d.dt_proj->weight()), 1, 2);  // (batch, d_inner, L)
+  s.delta_bias = d.dt_proj->bias();
+  s.B = ops::unsqueeze(ops::transpose(dt_B_C[1], 1, 2), 1);  // (batch, 1, N, L): one group
+  s.C = ops::unsqueeze(ops::transpose(dt_B_C[2], 1, 2), 1);
+  return s;
+}
+
+Tensor MambaBlock::forward(const Tensor& u) const {
+  STRATA_CHECK(u.defined() && u.dim() == 3 && u.size(2) == options_.d_model,
+               "MambaBlock: expected u (batch, length, {}), got {}", options_.d_model, u.defined() ? u.str() : "none");
+  const int64_t d_inner = options_.d_inner();
+  std::vector<Tensor> x_z = ops::split(in_proj->forward(u), {d_inner, d_inner}, -1);  // 2 x (batch, L, d_inner)
+  Tensor x = conv1d->forward(ops::transpose(x_z[0], 1, 2), true);                      // (batch, d_inner, L)
+  Tensor z = ops::transpose(x_z[1], 1, 2);
+  Tensor y;
+  for (size_t k = 0; k < directions_.size(); ++k) {
+    ScanInputs s = scan_inputs(directions_[k], x);
+    ops::SelectiveScanOptions o;
+    o.D = parameter(directions_[k].D);
+    o.z = z;
+    o.delta_bias = s.delta_bias;
+    o.delta_softplus = true;
+    o.reverse = k == 1;
+    Tensor y_k = ops::selective_scan(x, s.delta, s.A, s.B, s.C, o).y;  // (batch, d_inner, L)
+    y = y.defined() ? ops::add(y, y_k) : y_k;
+  }
+  return out_proj->forward(ops::transpose(y, 1, 2));
+}
+
+MambaDecodingState MambaBlock::start_decoding(int64_t batch) const {
+  STRATA_CHECK(!options_.bidirectional,
+               "MambaBlock: a bidirectional block reads future positions and cannot decode token by token");
+  STRATA_CHECK(batch > 0, "MambaBlock::start_decoding: batch must be positive, got {}", batch);
+  const Tensor& weight = in_proj->weight();
+  const DType state_dtype = weight.dtype() == DType::Float64 ? DType::Float64 : DType::Float32;
+  return {Tensor::zeros({batch, options_.d_inner(), options_.d_conv - 1}, weight.dtype(), weight.device()),
+          Tensor::zeros({batch, options_.d_inner(), options_.d_state}, state_dtype, weight.device())};
+}
+
+Tensor MambaBlock::step(const Tensor& u_t, MambaDecodingState& state) const {
+  STRATA_CHECK(!options_.bidirectional,
+               "MambaBlock: a bidirectional block reads future positions and cannot decode token by token");
+  STRATA_CHECK(u_t.defined() && u_t.dim() == 2 && u_t.size(1) == options_.d_model,
+               "MambaBlock::step: expected u_t (batch, {}), got {}", options_.d_model,
+               u_t.defined() ? u_t.str() : "none");
+  const int64_t d_inner = options_.d_inner();
+  std::vector<Tensor> x_z = ops::split(in_proj->forward(u_t), {d_inner, d_inner}, -1);  // 2 x (batch, d_inner)
+  Tensor x = conv1d->step(state.conv_state, x_z[0], true);
+  // The SSM inputs of a length-1 sequence, then without their length dim.
+  ScanInputs s = scan_inputs(directions_[0], ops::unsqueeze(x, 2));
+  auto at_position = [](const Tensor& t) { return ops::squeeze(t, -1); };
+  ops::SelectiveScanStepOptions o;
+  o.D = parameter(directions_[0].D);
+  o.z = x_z[1];
+  o.delta_bias = s.delta_bias;
+  o.delta_softplus = true;
+  Tensor y = ops::selective_scan_step(state.ssm_state, x, at_position(s.delta), s.A, at_position(s.B),
+                                      at_position(s.C), o);
+  return out_proj->forward(y);
+}
+
+}  // namespace strata::nn

@@ -1,0 +1,354 @@
+// MambaBlock on the CPU: parameter names, shapes and weight-decay flags of every
+// variant; the paper's initialisation; the forward pass against plain loops over
+// doubles written here from the equations of include/strata/nn/mamba.h;
+// finite-difference gradients in double for the input and every parameter; the
+// one-token step against the full forward; and the messages of bad arguments.
+#include <cmath>
+#include <map>
+
+#include "strata/nn/mamba.h"
+#include "strata/ops/ops.h"
+#include "support/check.h"
+
+using namespace strata;
+
+namespace {
+
+nn::MambaOptions tiny_options(bool lti = false, bool bidirectional = false) {
+  nn::MambaOptions o;
+  o.d_model = 4;
+  o.d_state = 3;
+  o.expand = 2;  // d_inner 8
+  o.d_conv = 3;
+  o.dt_rank = 2;
+  o.lti = lti;
+  o.bidirectional = bidirectional;
+  return o;
+}
+
+struct ParameterInfo {
+  Shape shape;
+  bool weight_decay;
+};
+
+std::vector<std::pair<std::string, ParameterInfo>> parameter_table(const nn::Module& module) {
+  std::vector<std::pair<std::string, ParameterInfo>> table;
+  for (const nn::NamedParameter& p : module.named_parameters())
+    table.push_back({p.name, ParameterInfo{p.tensor.shape(), p.weight_decay}});
+  return table;
+}
+
+void check_table(const nn::Module& module, const std::vector<std::pair<std::string, ParameterInfo>>& expected) {
+  auto actual = parameter_table(module);
+  REQUIRE(actual.size() == expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    CAPTURE(expected[i].first);
+    CHECK(actual[i].first == expected[i].first);
+    CHECK(actual[i].second.shape == expected[i].second.shape);
+    CHECK(actual[i].second.weight_decay == expected[i].second.weight_decay);
+  }
+}
+
+std::map<std::string, std::vector<double>> parameter_values(const nn::Module& module) {
+  std::map<std::string, std::vector<double>> values;
+  for (const nn::NamedParameter& p : module.named_parameters()) values[p.name] = p.tensor.to_vector<double>();
+  return values;
+}
+
+double softplus(double x) { return x > 20 ? x : std::log1p(std::exp(x)); }
+double silu(double x) { return x / (1.0 + std::exp(-x)); }
+
+// The block as loops over doubles: u (batch, L, d_model) row-major -> out, same layout.
+std::vector<double> naive_block(const nn::MambaBlock& block, const std::vector<double>& u, int64_t batch,
+                                int64_t length) {
+  const nn::MambaOptions& o = block.options();
+  const int64_t Dm = o.d_model, Di = o.d_inner(), N = o.d_state, K = o.d_conv, R = block.dt_rank();
+  auto p = parameter_values(block);
+  const std::vector<double>&W_in = p["in_proj.weight"], &conv_w = p["conv1d.weight"], &conv_b = p["conv1d.bias"],
+                   &W_out = p["out_proj.weight"];
+  std::vector<double> out(static_cast<size_t>(batch * length * Dm), 0.0);
+  for (int64_t b = 0; b < batch; ++b) {
+    // in_proj, then the causal conv and silu on the x half.
+    std::vector<std::vector<double>> x(length, std::vector<double>(Di)), z = x, xc = x;
+    for (int64_t t = 0; t < length; ++t)
+      for (int64_t j = 0; j < 2 * Di; ++j) {
+        double sum = 0;
+        for (int64_t i = 0; i < Dm; ++i) sum += W_in[j * Dm + i] * u[(b * length + t) * Dm + i];
+        (j < Di ? x[t][j] : z[t][j - Di]) = sum;
+      }
+    for (int64_t t = 0; t < length; ++t)
+      for (int64_t c = 0; c < Di; ++c) {
+        double sum = conv_b[c];
+        for (int64_t k = 0; k < K; ++k) {
+          int64_t source = t - (K - 1) + k;
+          if (source >= 0) sum += conv_w[c * K + k] * x[source][c];
+        }
+        xc[t][c] = silu(sum);
+      }
+    std::vector<std::vector<double>> y_total(length, std::vector<double>(Di, 0.0));
+    for (int direction = 0; direction < (o.bidirectional ? 2 : 1); ++direction) {
+      auto name = [&](const std::string& base) {
+        return direction == 0 ? base : (base == "A_log" ? std::string("A_b_log") : base + "_b");
+      };
+      const std::vector<double>&A_log = p[name("A_log")], &D = p[name("D")];
+      // delta (L, Di) after softplus; B, C (L, Di, N).
+      std::vector<std::vector<double>> delta(length, std::vector<double>(Di));
+      std::vector<std::vector<std::vector<double>>> Bm(length, std::vector<std::vector<double>>(Di, std::vector<double>(N))),
+          Cm = Bm;
+      for (int64_t t = 0; t < length; ++t) {
+        if (o.lti) {
+          for (int64_t c = 0; c < Di; ++c) {
+            delta[t][c] = softplus(p[name("dt_bias")][c]);
+            for (int64_t n = 0; n < N; ++n) {
+              Bm[t][c][n] = p[name("B")][c * N + n];
+              Cm[t][c][n] = p[name("C")][c * N + n];
+            }
+          }
+          continue;
+        }
+        const std::vector<double>&W_x = p[name("x_proj") + ".weight"], &W_dt = p[name("dt_proj") + ".weight"],
+                         &dt_bias = p[name("dt_proj") + ".bias"];
+        std::vector<double> projected(R + 2 * N, 0.0);
+        for (int64_t j = 0; j < R + 2 * N; ++j)
+          for (int64_t c = 0; c < Di; ++c) projected[j] += W_x[j * Di + c] * xc[t][c];
+        for (int64_t c = 0; c < Di; ++c) {
+          double sum = dt_bias[c];
+          for (int64_t r = 0; r < R; ++r) sum += W_dt[c * R + r] * projected[r];
+          delta[t][c] = softplus(sum);
+          for (int64_t n = 0; n < N; ++n) {
+            Bm[t][c][n] = projected[R + n];
+            Cm[t][c][n] = projected[R + N + n];
+          }
+        }
+      }
+      for (int64_t c = 0; c < Di; ++c) {
+        std::vector<double> h(N, 0.0);
+        for (int64_t step = 0; step < length; ++step) {
+          const int64_t t = direction == 0 ? step : length - 1 - step;
+          double y = D[c] * xc[t][c];
+          for (int64_t n = 0; n < N; ++n) {
+            h[n] = std::exp(-delta[t][c] * std::exp(A_log[c * N + n])) * h[n] + delta[t][c] * Bm[t][c][n] * xc[t][c];
+            y += Cm[t][c][n] * h[n];
+          }
+          y_total[t][c] += y * silu(z[t][c]);
+        }
+      }
+    }
+    for (int64_t t = 0; t < length; ++t)
+      for (int64_t m = 0; m < Dm; ++m) {
+        double sum = 0;
+        for (int64_t c = 0; c < Di; ++c) sum += W_out[m * Di + c] * y_total[t][c];
+        out[(b * length + t) * Dm + m] = sum;
+      }
+  }
+  return out;
+}
+
+// Overwrites every parameter with U(low, high) values around its initial ones, so
+// that no gradient is checked at a special point (D = 1, B = 1, ...).
+void perturb(nn::Module& module, uint64_t seed, double scale) {
+  for (const nn::NamedParameter& p : module.named_parameters()) {
+    Tensor target = p.tensor;
+    target.copy_(ops::add(p.tensor.detach(), testing::random(p.tensor.shape(), seed++, p.tensor.dtype(), -scale, scale)));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("MambaBlock registers the reference's parameters, without weight decay on A_log, D and the dt bias") {
+  Generator generator{1, 0};
+  const Shape inner{8}, a_shape{8, 3};
+  nn::MambaBlock selective(tiny_options(), generator);
+  check_table(selective, {{"A_log", {a_shape, false}},
+                          {"D", {inner, false}},
+                          {"in_proj.weight", {{16, 4}, true}},
+                          {"conv1d.weight", {{8, 3}, true}},
+                          {"conv1d.bias", {inner, false}},
+                          {"x_proj.weight", {{2 + 2 * 3, 8}, true}},
+                          {"dt_proj.weight", {{8, 2}, true}},
+                          {"dt_proj.bias", {inner, false}},
+                          {"out_proj.weight", {{4, 8}, true}}});
+
+  nn::MambaBlock lti(tiny_options(true), generator);
+  check_table(lti, {{"B", {a_shape, false}},
+                    {"C", {a_shape, false}},
+                    {"dt_bias", {inner, false}},
+                    {"A_log", {a_shape, false}},
+                    {"D", {inner, false}},
+                    {"in_proj.weight", {{16, 4}, true}},
+                    {"conv1d.weight", {{8, 3}, true}},
+                    {"conv1d.bias", {inner, false}},
+                    {"out_proj.weight", {{4, 8}, true}}});
+
+  nn::MambaBlock bidirectional(tiny_options(false, true), generator);
+  check_table(bidirectional, {{"A_log", {a_shape, false}},
+                              {"D", {inner, false}},
+                              {"A_b_log", {a_shape, false}},
+                              {"D_b", {inner, false}},
+                              {"in_proj.weight", {{16, 4}, true}},
+                              {"conv1d.weight", {{8, 3}, true}},
+                              {"conv1d.bias", {inner, false}},
+                              {"x_proj.weight", {{8, 8}, true}},
+                              {"dt_proj.weight", {{8, 2}, true}},
+                              {"dt_proj.bias", {inner, false}},
+                              {"x_proj_b.weight", {{8, 8}, true}},
+                              {"dt_proj_b.weight", {{8, 2}, true}},
+                              {"dt_proj_b.bias", {inner, false}},
+                              {"out_proj.weight", {{4, 8}, true}}});
+
+  nn::MambaOptions automatic = tiny_options();
+  automatic.d_model = 40;
+  automatic.dt_rank = 0;
+  CHECK(nn::MambaBlock(automatic, generator).dt_rank() == 3);  // ceil(40 / 16)
+}
+
+TEST_CASE("MambaBlock starts from the paper's initialisation") {
+  nn::MambaOptions o;
+  o.d_model = 256;  // d_inner 512 step sizes: enough draws to see the whole range
+  o.d_state = 16;
+  for (bool lti : {false, true}) {
+    CAPTURE(lti);
+    o.lti = lti;
+    Generator generator{7, 0};
+    nn::MambaBlock block(o, generator);
+    auto p = parameter_values(block);
+    const int64_t d_inner = 512, N = 16;
+
+    // S4D-real: A_log[d, n] = log(n + 1) in every channel; D = 1.
+    for (int64_t d = 0; d < d_inner; ++d)
+      for (int64_t n = 0; n < N; ++n) REQUIRE(p["A_log"][d * N + n] == static_cast<double>(std::log(float(n + 1))));
+    for (double v : p["D"]) REQUIRE(v == 1.0);
+
+    // softplus(dt bias) log-uniform in [1e-3, 1e-1]: inside the range (up to the
+    // float32 rounding of the bias), covering it, and centred at 1e-2 in log space.
+    const std::vector<double>& bias = lti ? p["dt_bias"] : p["dt_proj.bias"];
+    double low = INFINITY, high = 0, log_sum = 0;
+    for (double b : bias) {
+      double dt = softplus(b);
+      low = std::min(low, dt);
+      high = std::max(high, dt);
+      log_sum += std::log(dt);
+    }
+    CHECK(low >= 1e-3 * (1 - 1e-5));
+    CHECK(high <= 1e-1 * (1 + 1e-5));
+    CHECK(low < 1.2e-3);
+    CHECK(high > 0.08);
+    CHECK(std::exp(log_sum / d_inner) == doctest::Approx(1e-2).epsilon(0.25));  // 4 standard errors
+
+    if (lti) {
+      for (double v : p["B"]) REQUIRE(v == 1.0);
+      double sum = 0, squares = 0;
+      for (double v : p["C"]) sum += v, squares += v * v;
+      const double count = static_cast<double>(d_inner * N);
+      CHECK(std::fabs(sum / count) < 0.05);  // N(0, 1): mean 0 within 4.5 standard errors
+      CHECK(std::sqrt(squares / count) == doctest::Approx(1.0).epsilon(0.05));
+    } else {
+      // dt_proj.weight ~ U(-R^-1/2, R^-1/2), R = ceil(256 / 16) = 16.
+      double largest = 0;
+      for (double w : p["dt_proj.weight"]) largest = std::max(largest, std::fabs(w));
+      CHECK(largest <= 0.25);
+      CHECK(largest > 0.24);
+    }
+  }
+
+  // Another range and a floor above part of it.
+  o.lti = false;
+  o.dt_min = 1e-4;
+  o.dt_max = 1e-3;
+  o.dt_init_floor = 5e-4;
+  Generator generator{8, 0};
+  nn::MambaBlock floored(o, generator);
+  double low = INFINITY, high = 0;
+  auto floored_values = parameter_values(floored);
+  for (double b : floored_values["dt_proj.bias"]) {
+    low = std::min(low, softplus(b));
+    high = std::max(high, softplus(b));
+  }
+  CHECK(low == doctest::Approx(5e-4).epsilon(1e-5));
+  CHECK(high <= 1e-3 * (1 + 1e-5));
+}
+
+TEST_CASE("MambaBlock forward matches plain loops, for S6, LTI and bidirectional blocks") {
+  const int64_t batch = 2, length = 7;
+  for (auto [lti, bidirectional] : {std::pair{false, false}, {true, false}, {false, true}, {true, true}}) {
+    CAPTURE(lti);
+    CAPTURE(bidirectional);
+    Generator generator{21, 0};
+    nn::MambaBlock block(tiny_options(lti, bidirectional), generator);
+    block.to(DType::Float64);
+    perturb(block, 100, 0.3);
+    Tensor u = testing::random({batch, length, 4}, 5);
+    Tensor out = block.forward(u);
+    CHECK(out.shape() == Shape{batch, length, 4});
+    std::vector<double> expected = naive_block(block, u.to_vector<double>(), batch, length);
+    double error = testing::max_abs_difference(out, Tensor::from_vector(expected, {batch, length, 4}));
+    CHECK_MESSAGE(error < 1e-12, "max |block - loops| = " << error);
+  }
+}
+
+TEST_CASE("MambaBlock gradients match finite differences in double, for every variant") {
+  for (auto [lti, bidirectional] : {std::pair{false, false}, {true, false}, {false, true}}) {
+    CAPTURE(lti);
+    CAPTURE(bidirectional);
+    Generator generator{31, 0};
+    nn::MambaBlock block(tiny_options(lti, bidirectional), generator);
+    block.to(DType::Float64);
+    perturb(block, 200, 0.3);
+    std::vector<Tensor> inputs{testing::random({2, 5, 4}, 9).set_requires_grad(true)};
+    for (const Tensor& p : block.parameters()) inputs.push_back(p);
+    testing::check_gradients([&](const std::vector<Tensor>& xs) { return block.forward(xs[0]); }, inputs);
+  }
+}
+
+TEST_CASE("MambaBlock step reproduces forward position by position") {
+  const int64_t batch = 3, length = 9;
+  for (bool lti : {false, true}) {
+    CAPTURE(lti);
+    Generator generator{41, 0};
+    nn::MambaBlock block(tiny_options(lti), generator);
+    block.to(DType::Float64);
+    perturb(block, 300, 0.3);
+    Tensor u = testing::random({batch, length, 4}, 11);
+    autograd::NoGradGuard no_grad;
+    Tensor full = block.forward(u);
+    nn::MambaDecodingState state = block.start_decoding(batch);
+    CHECK(state.conv_state.shape() == Shape{batch, 8, 2});
+    CHECK(state.ssm_state.shape() == Shape{batch, 8, 3});
+    double worst = 0;
+    for (int64_t t = 0; t < length; ++t) {
+      Tensor out_t = block.step(ops::squeeze(ops::slice(u, 1, t, t + 1), 1), state);
+      Tensor expected = ops::squeeze(ops::slice(full, 1, t, t + 1), 1);
+      worst = std::max(worst, testing::max_abs_difference(out_t, expected));
+    }
+    CHECK_MESSAGE(worst < 1e-12, "max |step - forward| = " << worst);
+  }
+
+  // float32 blocks keep a float32 state.
+  Generator generator{42, 0};
+  nn::MambaBlock single(tiny_options(), generator);
+  nn::MambaDecodingState state = single.start_decoding(2);
+  CHECK(state.conv_state.dtype() == DType::Float32);
+  CHECK(state.ssm_state.dtype() == DType::Float32);
+}
+
+TEST_CASE("MambaBlock rejects bad options and inputs with messages that say what is wrong") {
+  Generator generator{0, 0};
+  nn::MambaOptions o = tiny_options();
+  o.d_conv = 9;
+  CHECK_THROWS_WITH_AS(nn::MambaBlock(o, generator), doctest::Contains("d_conv must be in 2..8, got 9"), Error);
+  o = tiny_options();
+  o.dt_min = 0.2;
+  CHECK_THROWS_WITH_AS(nn::MambaBlock(o, generator), doctest::Contains("need 0 < dt_min <= dt_max"), Error);
+
+  nn::MambaBlock block(tiny_options(), generator);
+  CHECK_THROWS_WITH_AS(block.forward(Tensor::zeros({2, 5, 3})),
+                       doctest::Contains("MambaBlock: expected u (batch, length, 4), got float32[2, 5, 3] on cpu"),
+                       Error);
+  nn::MambaDecodingState state = block.start_decoding(2);
+  autograd::NoGradGuard no_grad;
+  CHECK_THROWS_WITH_AS(block.step(Tensor::zeros({2, 1, 4}), state),
+                       doctest::Contains("MambaBlock::step: expected u_t (batch, 4)"), Error);
+
+  nn::MambaBlock bidirectional(tiny_options(false, true), generator);
+  CHECK_THROWS_WITH_AS(bidirectional.start_decoding(1), doctest::Contains("cannot decode token by token"), Error);
+}
