@@ -17,7 +17,9 @@
 //
 // Generation: start_decoding/decode keep a KV cache per layer and attend each new
 // token over it (every pattern but neighborhood).
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "strata/autograd/autograd.h"
 #include "strata/models/model.h"
@@ -55,7 +57,11 @@ struct LlamaOptions {
                                                        "selective"});
     a.pattern = nn::parse_attention_pattern(pattern);
     bool sparse = pattern == "sliding" || pattern == "power" || pattern == "s2" || pattern == "neighborhood";
-    if (sparse) a.block_size = c.get_choice(p + "block_size", {"64", "128"}, std::string("64")) == "64" ? 64 : 128;
+    if (sparse) {
+      a.block_size = c.get_positive<int64_t>(p + "block_size", 64);
+      STRATA_CHECK(a.block_size == 64 || a.block_size == 128, "{}block_size: expected 64 or 128, got {}", p,
+                   a.block_size);
+    }
     if (pattern == "sliding" || pattern == "neighborhood")
       a.window_blocks = c.get_positive<int64_t>(p + "window_blocks");
     if (pattern == "neighborhood") a.dilation = c.get_positive<int64_t>(p + "dilation", 1);

@@ -3,6 +3,7 @@
 // KV-cache decoding token by token equal to the full forward in double for every
 // pattern that decodes, and a short King James byte-LM run whose validation loss
 // must fall below the corpus's unigram entropy.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
@@ -70,7 +71,12 @@ TEST_CASE("llama validates its keys") {
                        doctest::Contains("window_blocks"), Error);
   CHECK_THROWS_WITH_AS(build(with_attention("    pattern: sliding\n")), doctest::Contains("window_blocks"), Error);
   CHECK_THROWS_WITH_AS(build(with_attention("    pattern: sliding\n    window_blocks: 2\n    block_size: 32\n")),
-                       doctest::Contains("block_size"), Error);
+                       doctest::Contains("model.attention.block_size: expected 64 or 128, got 32"), Error);
+  auto wide_blocks = build(with_attention("    pattern: sliding\n    window_blocks: 2\n    block_size: 128\n"));
+  {
+    autograd::NoGradGuard no_grad;
+    CHECK(wide_blocks->forward(Tensor::zeros({1, 130}, DType::Int64)).shape() == Shape{1, 130, 11});
+  }
   CHECK_THROWS_WITH_AS(build(with_attention("    pattern: s2\n    vertical_stride: 4\n    dense_heads: 4\n")),
                        doctest::Contains("dense_heads"), Error);
   CHECK_THROWS_WITH_AS(build(std::string(kTiny) + "  n_kv_heads: 3\n  attention:\n    pattern: dense\n"),
