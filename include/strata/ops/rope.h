@@ -10,10 +10,10 @@
 // product q_m . k_n depends on the positions only through m - n (the relative
 // position property attention relies on).
 //
-// Built from differentiable ops (slice, mul, concat) with the cos/sin tables made on
-// the host in double precision and then cast to x's dtype, so it runs on every
-// device and dtype the element-wise ops support; the gradient is the rotation by
-// the opposite angle, which autograd forms from the same ops.
+// One fused kernel (CPU: float32, float64; CUDA: float32, bfloat16 with float32
+// arithmetic) reads x once and writes the rotated copy; the cos/sin tables are made
+// on the host in double precision. The gradient is the rotation by the opposite
+// angles, the same kernel.
 #pragma once
 
 #include "strata/core/tensor.h"
