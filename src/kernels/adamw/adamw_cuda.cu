@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "kernels/adamw/adamw_cuda.h"
+#include "kernels/common/cuda_convert.cuh"
 #include "strata/core/cuda_check.h"
 #include "strata/core/cuda_stream.h"
 
@@ -71,8 +72,6 @@ __device__ bool aligned_to(const void* pointer, uintptr_t bytes) {
   return reinterpret_cast<uintptr_t>(pointer) % bytes == 0;
 }
 
-__device__ float to_float(float x) { return x; }
-__device__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ void from_float(float& out, float x) { out = x; }
 __device__ void from_float(__nv_bfloat16& out, float x) { out = __float2bfloat16(x); }
 

@@ -41,6 +41,7 @@
 #include <type_traits>
 
 #include "kernels/attention/attention_cuda.h"
+#include "kernels/common/cuda_convert.cuh"
 #include "strata/core/cuda_check.h"
 #include "strata/core/cuda_stream.h"
 
@@ -53,25 +54,6 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kMaxGridY = 65535;
 
 // ---- element conversion ------------------------------------------------------------
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-
-template <class T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) {
-  return __float2half_rn(x);
-}
 
 // Two floats as one 32-bit register of two 16-bit values, the first in the low half
 // (the element with the lower index, as mma.sync and memory expect).

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "kernels/embedding/embedding_cuda.h"
+#include "kernels/common/cuda_convert.cuh"
 #include "strata/core/cuda_check.h"
 #include "strata/core/cuda_stream.h"
 
@@ -35,9 +36,6 @@ __global__ void embedding_forward_kernel(const Word* weight, const int64_t* ids,
     for (int64_t w = threadIdx.x; w < words_per_row; w += blockDim.x) destination[w] = source[w];
   }
 }
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 template <class T>
 __global__ void embedding_backward_kernel(const T* grad_out, const int64_t* ids, float* grad_weight, int64_t tokens,

@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "kernels/grouped_gemm/grouped_gemm_cuda.h"
+#include "kernels/common/cuda_convert.cuh"
 #include "strata/core/cuda_check.h"
 #include "strata/core/cuda_stream.h"
 
@@ -17,19 +18,6 @@ constexpr int kThreads = 256;
 constexpr int kThreadsPerSide = 16;  // the block is a 16 x 16 grid of threads
 constexpr int kPerThread = 4;        // each computes 4 x 4 outputs, strided by 16
 constexpr int kPaddedM = kTileM + 1, kPaddedN = kTileN + 1;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
 
 // One operand tile source: element (i, j) at data[i * stride_i + j * stride_j], valid
 // for i < size_i, j < size_j (zero outside).

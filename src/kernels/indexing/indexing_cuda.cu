@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "kernels/indexing/indexing_cuda.h"
+#include "kernels/common/cuda_convert.cuh"
 #include "strata/core/cuda_check.h"
 #include "strata/core/cuda_stream.h"
 
@@ -16,9 +17,6 @@ namespace {
 constexpr int kThreads = 256;
 
 int blocks_for(int64_t n) { return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8)); }
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 __device__ __forceinline__ bool in_range(int64_t value, int64_t n, int64_t* error) {
   if (value >= 0 && value < n) return true;

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/moe/moe_cuda.h"
+#include "kernels/common/cuda_convert.cuh"
 #include "strata/core/cuda_check.h"
 #include "strata/core/cuda_stream.h"
 
@@ -17,19 +18,6 @@ constexpr int kWarp = 32;
 constexpr int kRowThreads = 128;
 constexpr int kPermutationBlock = 256;
 constexpr int64_t kMaxBlocks = 65535 * 8;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
 
 int grid_for(int64_t items, int64_t per_block) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((items + per_block - 1) / per_block, kMaxBlocks)));

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "kernels/product_key/product_key_cuda.h"
+#include "kernels/common/cuda_convert.cuh"
 #include "strata/core/cuda_check.h"
 #include "strata/core/cuda_stream.h"
 
@@ -13,9 +14,6 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int64_t kMaxBlocks = 65535 * 8;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 __global__ void value_indices_kernel(const int32_t* first, const int32_t* second, const int32_t* best,
                                      int64_t picks, int64_t k, int64_t n_keys, int32_t* value_index) {

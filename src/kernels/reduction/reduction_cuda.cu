@@ -23,6 +23,7 @@
 #include <cstdint>
 
 #include "kernels/reduction/reduction_cuda.h"
+#include "kernels/common/cuda_convert.cuh"
 #include "strata/core/cuda_check.h"
 #include "strata/core/cuda_stream.h"
 
@@ -33,19 +34,6 @@ namespace {
 constexpr int kColumnWidth = 32;  // outputs per column block (one warp)
 constexpr int kColumnRows = 16;   // thread rows splitting the reduced axis
 constexpr int kMaxRowThreads = 512;
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <class T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
 
 template <class Tout>
 struct SumReducer {

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "kernels/routes/routes_cuda.h"
+#include "kernels/common/cuda_convert.cuh"
 #include "strata/core/cuda_check.h"
 #include "strata/core/cuda_stream.h"
 
@@ -16,19 +17,6 @@ namespace strata::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class V>
-__device__ __forceinline__ V from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
 
 template <class V>
 __global__ void route_gather_kernel(RouteGatherSizes s, const V* src, const int32_t* index, V* out) {

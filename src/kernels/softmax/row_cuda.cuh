@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "kernels/common/cuda_convert.cuh"
+
 namespace strata::kernels::row {
 
 // A row group never spans more threads than this; the cached kernels declare it
@@ -26,18 +28,9 @@ constexpr int kMaxThreadsPerRow = 512;
 // Blocks hold several row groups when rows are short, up to this many threads.
 constexpr int kBlockThreads = 256;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+// The kernels call row::to_float and row::from_float: the shared conversions.
+using strata::kernels::from_float;
+using strata::kernels::to_float;
 
 // W consecutive elements, moved with one 16-byte access when W * sizeof(T) == 16.
 template <class T, int W>

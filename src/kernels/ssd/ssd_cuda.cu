@@ -45,6 +45,7 @@
 #include <algorithm>
 
 #include "kernels/ssd/ssd_cuda.h"
+#include "kernels/common/cuda_convert.cuh"
 #include "strata/core/cuda_check.h"
 #include "strata/core/cuda_stream.h"
 
@@ -57,19 +58,6 @@ constexpr int kStep = 16;      // depth of one shared-memory stage
 constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
 constexpr int kWarpsPerScanBlock = 4;
 constexpr unsigned kFullMask = 0xffffffffu;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class V>
-__device__ __forceinline__ V from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
 
 __device__ __forceinline__ int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
 
