@@ -210,6 +210,67 @@ TEST_CASE("SIGTERM finishes the step, writes a loadable checkpoint and exits 0")
   CHECK_MESSAGE(r.exit_code == 0, r.err);
 }
 
+TEST_CASE("kill -9 at any moment leaves only checkpoints that load") {
+  ensure_bible();
+  fs::path run = "build/test-runs/kill9";
+  fs::remove_all(run);
+  // A checkpoint every step, so the kill lands during or between writes.
+  std::string command = fmt::format("exec {} train {} >/dev/null 2>&1", binary(),
+                                    tiny("kill9", "train.steps=100000 train.checkpoint_every=1 train.keep_checkpoints=2"));
+  pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (metrics(run).size() < 5 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(37));
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  int64_t logged = static_cast<int64_t>(losses(run).size());
+  Result r = run_strata("resume " + run.string() + fmt::format(" train.steps={}", logged + 2));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  // At most the step in flight is lost: the resumed run starts at the last logged step or the one before.
+  CHECK(r.out.find(fmt::format("at step {}\n", logged)) + r.out.find(fmt::format("at step {}\n", logged - 1)) !=
+        2 * std::string::npos);
+}
+
+TEST_CASE("a non-finite loss stops the run naming the step, or is skipped when the recipe says so") {
+  ensure_bible();
+  fs::remove_all("build/test-runs/nonfinite");
+  Result r = run_strata("train " + tiny("nonfinite", "train.steps=30 optim.lr=1e12 schedule.warmup_steps=0 train.clip_grad_norm=0"));
+  CHECK(r.exit_code != 0);
+  CHECK(one_line(r.err));
+  CHECK(r.err.find("non-finite") != std::string::npos);
+  CHECK(r.err.find("at step ") != std::string::npos);
+  fs::remove_all("build/test-runs/nonfinite");
+  r = run_strata("train " + tiny("nonfinite", "train.steps=30 optim.lr=1e12 schedule.warmup_steps=0 train.clip_grad_norm=0 "
+                                            "train.on_nonfinite=skip"));
+  CHECK_MESSAGE(r.exit_code == 0, r.err);
+  bool skipped = false;
+  for (const auto& m : metrics("build/test-runs/nonfinite")) skipped |= m.contains("skipped");
+  CHECK(skipped);
+}
+
+TEST_CASE("strata plot draws the loss curves of runs into a PNG") {
+  ensure_bible();
+  fs::remove_all("build/test-runs/plot");
+  Result r = run_strata("train " + tiny("plot", "train.steps=6 train.eval_every=3"));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  fs::path png = "build/test-runs/plot/loss.png";
+  r = run_strata("plot build/test-runs/plot -o " + png.string());
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  std::ifstream in(png, std::ios::binary);
+  char magic[8] = {};
+  in.read(magic, 8);
+  CHECK(std::string(magic + 1, 3) == "PNG");
+  CHECK(fs::file_size(png) > 1000);
+  r = run_strata("plot build/test-runs/plot --metric no_such_metric -o " + png.string());
+  CHECK(r.exit_code != 0);
+  CHECK(one_line(r.err));
+}
+
 TEST_CASE("damaged checkpoints give one-line errors and resume skips them") {
   ensure_bible();
   fs::path run = "build/test-runs/damaged";
