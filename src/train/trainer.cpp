@@ -175,18 +175,23 @@ int run(Session& s, bool resumed) {
     double lr = s.schedule.lr(s.step);
     s.optimizer->set_lr(lr);
     s.model->zero_grad();
-    double loss_sum = 0;
+    double loss_sum = 0, auxiliary_sum = 0;
     for (int64_t micro = 0; micro < t.grad_accumulation; ++micro) {
       data::Batch batch = s.loader->next();
       std::optional<ops::AutocastGuard> autocast;
       if (t.precision == "bf16" && s.device.is_cuda()) autocast.emplace(DType::BFloat16);
       Tensor loss = batch_loss(*s.model, batch, s.device);
+      // Models with auxiliary objectives (MoE load balancing, router z-loss) add them here.
+      Tensor auxiliary = s.model->auxiliary_loss();
+      Tensor objective = auxiliary.defined() ? ops::add(loss, auxiliary) : loss;
       autocast.reset();
-      Tensor scaled = t.grad_accumulation > 1 ? ops::mul(loss, 1.0 / static_cast<double>(t.grad_accumulation)) : loss;
+      Tensor scaled =
+          t.grad_accumulation > 1 ? ops::mul(objective, 1.0 / static_cast<double>(t.grad_accumulation)) : objective;
       // Only the last micro-batch's backward pass communicates.
       if (parallel) parallel->prepare_backward(micro + 1 == t.grad_accumulation);
       autograd::backward(scaled);
       loss_sum += loss.item();
+      if (auxiliary.defined()) auxiliary_sum += auxiliary.item();
       s.tokens_seen += batch.targets.numel() * s.world_size();
     }
     if (parallel) parallel->finish_backward();
@@ -224,6 +229,8 @@ int run(Session& s, bool resumed) {
                                {per_token ? "tokens_per_second" : "samples_per_second", tokens_per_second},
                                {per_token ? "tokens_seen" : "samples_seen", s.tokens_seen},
                                {"peak_memory_bytes", memory}, {"elapsed_seconds", total_elapsed}};
+      if (auxiliary_sum != 0) record["auxiliary_loss"] = auxiliary_sum / static_cast<double>(t.grad_accumulation);
+      for (const auto& [name, value] : s.model->metrics()) record[name] = value;
       if (parallel) {
         // Per step: the gradient all-reduces' time and the part the backward pass did not hide.
         dist::GradientReducer::Stats c = parallel->take_stats();
@@ -374,15 +381,27 @@ int generate(const GenerateCommand& command) {
   for (int64_t& t : tokens) t = static_cast<unsigned char>(t);
   if (tokens.empty()) tokens.push_back('\n');
   Generator generator{command.seed, 0};
-  int64_t context = session.model->max_length();
   fmt::print("{}", command.prompt);
+  // Recurrent models step through the prompt once and then carry their state, one
+  // token at a time; the others re-read the (cropped) context for every token.
+  std::unique_ptr<models::DecodingState> decoding = session.model->start_decoding(1);
+  auto decode = [&](int64_t token) {
+    Tensor logits = session.model->decode(Tensor::from_vector<int64_t>({token}, {1}, session.device), *decoding);
+    return logits.to(DType::Float32).to_vector<float>();
+  };
+  std::vector<float> last;
+  if (decoding)
+    for (int64_t token : tokens) last = decode(token);
+  int64_t context = session.model->max_length() > 0 ? session.model->max_length() : INT64_MAX;
   for (int64_t i = 0; i < command.max_new_tokens; ++i) {
-    size_t first = tokens.size() > static_cast<size_t>(context) ? tokens.size() - context : 0;
-    std::vector<int64_t> window(tokens.begin() + static_cast<int64_t>(first), tokens.end());
-    Tensor input = Tensor::from_vector(window, {1, static_cast<int64_t>(window.size())}, session.device);
-    Tensor logits = session.model->forward(input);
-    int64_t vocab = logits.size(-1);
-    std::vector<float> last = ops::slice(ops::reshape(logits, {-1, vocab}), 0, -1, INT64_MAX).to(DType::Float32).to_vector<float>();
+    if (!decoding) {
+      size_t first = tokens.size() > static_cast<size_t>(context) ? tokens.size() - context : 0;
+      std::vector<int64_t> window(tokens.begin() + static_cast<int64_t>(first), tokens.end());
+      Tensor input = Tensor::from_vector(window, {1, static_cast<int64_t>(window.size())}, session.device);
+      Tensor logits = session.model->forward(input);
+      last = ops::slice(ops::reshape(logits, {-1, logits.size(-1)}), 0, -1, INT64_MAX).to(DType::Float32).to_vector<float>();
+    }
+    int64_t vocab = static_cast<int64_t>(last.size());
     int64_t next;
     if (command.temperature == 0) {
       next = std::max_element(last.begin(), last.end()) - last.begin();
@@ -404,6 +423,7 @@ int generate(const GenerateCommand& command) {
     tokens.push_back(next);
     fmt::print("{}", static_cast<char>(next));
     std::fflush(stdout);
+    if (decoding && i + 1 < command.max_new_tokens) last = decode(next);
   }
   fmt::print("\n");
   return 0;
