@@ -72,7 +72,8 @@ optim::LearningRateSchedule build_schedule(const config::Config& c, double peak_
 }  // namespace
 
 Session build_session(config::Config config, Purpose purpose, const dist::LaunchInfo& launch) {
-  Session s{std::move(config)};
+  Session s;
+  s.config = std::move(config);
   const config::Config& c = s.config;
   s.settings = TrainSettings::read(c);
   dist::DataParallelOptions parallel = dist::DataParallelOptions::read(c);
