@@ -5,6 +5,7 @@
 
 #include "strata/nn/init.h"
 #include "strata/ops/ops.h"
+#include "strata/ops/ssd.h"
 #include "strata/ops/ssm.h"
 
 namespace strata::nn {
@@ -41,17 +42,20 @@ void MambaOptions::validate() const {
 
 namespace {
 
-// softplus^-1(dt) for dt drawn log-uniformly in [dt_min, dt_max] (clamped below by
-// the floor), one per channel: softplus(bias) then starts at those step sizes.
-Tensor initial_dt_bias(const MambaOptions& o, Generator& generator) {
-  Tensor log_dt = rand_uniform({o.d_inner()}, std::log(o.dt_min), std::log(o.dt_max), DType::Float64, Device::cpu(),
-                               generator);
+// softplus^-1(dt) for `count` dt drawn log-uniformly in [dt_min, dt_max] (clamped
+// below by the floor): softplus(bias) then starts at those step sizes.
+Tensor initial_dt_bias(int64_t count, double dt_min, double dt_max, double dt_init_floor, Generator& generator) {
+  Tensor log_dt = rand_uniform({count}, std::log(dt_min), std::log(dt_max), DType::Float64, Device::cpu(), generator);
   std::vector<double> bias = log_dt.to_vector<double>();
   for (double& value : bias) {
-    const double dt = std::max(std::exp(value), o.dt_init_floor);
+    const double dt = std::max(std::exp(value), dt_init_floor);
     value = dt + std::log(-std::expm1(-dt));  // softplus^-1(dt) = log(exp(dt) - 1), written to stay accurate for small dt
   }
-  return Tensor::from_vector(bias, {o.d_inner()}).to(DType::Float32);
+  return Tensor::from_vector(bias, {count}).to(DType::Float32);
+}
+
+Tensor initial_dt_bias(const MambaOptions& o, Generator& generator) {
+  return initial_dt_bias(o.d_inner(), o.dt_min, o.dt_max, o.dt_init_floor, generator);
 }
 
 }  // namespace
@@ -179,6 +183,115 @@ Tensor MambaBlock::step(const Tensor& u_t, MambaDecodingState& state) const {
   Tensor y = ops::selective_scan_step(state.ssm_state, x, at_position(s.delta), s.A, at_position(s.B),
                                       at_position(s.C), o);
   return out_proj->forward(y);
+}
+
+// ---- Mamba-2 ----------------------------------------------------------------------
+
+GatedRMSNorm::GatedRMSNorm(int64_t dim, int64_t group_size, double eps)
+    : dim_(dim), group_size_(group_size), eps_(eps) {
+  STRATA_CHECK(dim > 0 && group_size > 0 && dim % group_size == 0 && eps > 0,
+               "GatedRMSNorm: need dim > 0 divisible by group_size > 0 and eps > 0, got dim {}, group_size {}, eps {}",
+               dim, group_size, eps);
+  register_parameter("weight", Tensor::ones({dim}), false);
+}
+
+Tensor GatedRMSNorm::forward(const Tensor& x, const Tensor& z) const {
+  return ops::gated_rms_norm(x, z, weight(), eps_, group_size_);
+}
+
+void Mamba2Options::validate() const {
+  STRATA_CHECK(d_model > 0 && d_state > 0 && expand > 0 && head_dim > 0 && groups > 0 && chunk_size > 0,
+               "Mamba2Block: d_model, d_state, expand, head_dim, groups and chunk_size must be positive, got {}, {}, "
+               "{}, {}, {} and {}",
+               d_model, d_state, expand, head_dim, groups, chunk_size);
+  STRATA_CHECK(d_conv >= 2 && d_conv <= 8, "Mamba2Block: d_conv must be in 2..8, got {}", d_conv);
+  STRATA_CHECK(d_inner() % head_dim == 0, "Mamba2Block: d_inner {} (expand {} x d_model {}) is not a multiple of head_dim {}",
+               d_inner(), expand, d_model, head_dim);
+  STRATA_CHECK(heads() % groups == 0, "Mamba2Block: the {} heads are not divisible into {} groups", heads(), groups);
+  STRATA_CHECK(A_init_min > 0 && A_init_min <= A_init_max,
+               "Mamba2Block: need 0 < A_init_min <= A_init_max, got {} and {}", A_init_min, A_init_max);
+  STRATA_CHECK(dt_min > 0 && dt_min <= dt_max, "Mamba2Block: need 0 < dt_min <= dt_max, got dt_min {} and dt_max {}",
+               dt_min, dt_max);
+  STRATA_CHECK(dt_init_floor > 0 && norm_eps > 0, "Mamba2Block: dt_init_floor and norm_eps must be positive");
+}
+
+Mamba2Block::Mamba2Block(const Mamba2Options& options, Generator& generator) : options_(options) {
+  options_.validate();
+  const int64_t d_inner = options_.d_inner(), heads = options_.heads();
+  in_proj = register_module("in_proj", std::make_shared<Linear>(options_.d_model,
+                                                                d_inner + options_.conv_channels() + heads, false,
+                                                                generator));
+  conv1d = register_module("conv1d", std::make_shared<CausalConv1d>(options_.conv_channels(), options_.d_conv, generator));
+  // A = -U(A_init_min, A_init_max) per head.
+  Tensor A = rand_uniform({heads}, options_.A_init_min, options_.A_init_max, DType::Float64, Device::cpu(), generator);
+  register_parameter("A_log", ops::log(A).to(DType::Float32), false);
+  register_parameter("D", Tensor::ones({heads}), false);
+  register_parameter("dt_bias",
+                     initial_dt_bias(heads, options_.dt_min, options_.dt_max, options_.dt_init_floor, generator), false);
+  norm = register_module("norm",
+                         std::make_shared<GatedRMSNorm>(d_inner, d_inner / options_.groups, options_.norm_eps));
+  out_proj = register_module("out_proj", std::make_shared<Linear>(d_inner, options_.d_model, false, generator));
+}
+
+Tensor Mamba2Block::forward(const Tensor& u) const {
+  const Mamba2Options& o = options_;
+  STRATA_CHECK(u.defined() && u.dim() == 3 && u.size(2) == o.d_model,
+               "Mamba2Block: expected u (batch, length, {}), got {}", o.d_model, u.defined() ? u.str() : "none");
+  const int64_t batch = u.size(0), length = u.size(1), d_inner = o.d_inner(), heads = o.heads(),
+                group_width = o.groups * o.d_state;
+  // (batch, L, d_inner), (batch, L, d_inner + 2 G N), (batch, L, H)
+  std::vector<Tensor> z_xBC_dt = ops::split(in_proj->forward(u), {d_inner, o.conv_channels(), heads}, -1);
+  Tensor xBC = ops::transpose(conv1d->forward(ops::transpose(z_xBC_dt[1], 1, 2), true), 1, 2);
+  std::vector<Tensor> x_B_C = ops::split(xBC, {d_inner, group_width, group_width}, -1);
+  ops::SsdOptions ssd;
+  ssd.D = parameter("D");
+  ssd.dt_bias = parameter("dt_bias");
+  ssd.dt_softplus = true;
+  ssd.chunk_size = o.chunk_size;
+  Tensor y = ops::ssd_chunked(ops::reshape(x_B_C[0], {batch, length, heads, o.head_dim}), z_xBC_dt[2],
+                              ops::neg(ops::exp(parameter("A_log"))),
+                              ops::reshape(x_B_C[1], {batch, length, o.groups, o.d_state}),
+                              ops::reshape(x_B_C[2], {batch, length, o.groups, o.d_state}), ssd)
+                 .y;  // (batch, L, H, P)
+  return out_proj->forward(norm->forward(ops::reshape(y, {batch, length, d_inner}), z_xBC_dt[0]));
+}
+
+MambaDecodingState Mamba2Block::start_decoding(int64_t batch) const {
+  STRATA_CHECK(batch > 0, "Mamba2Block::start_decoding: batch must be positive, got {}", batch);
+  const Tensor& weight = in_proj->weight();
+  const DType state_dtype = weight.dtype() == DType::Float64 ? DType::Float64 : DType::Float32;
+  return {Tensor::zeros({batch, options_.conv_channels(), options_.d_conv - 1}, weight.dtype(), weight.device()),
+          Tensor::zeros({batch, options_.heads(), options_.head_dim, options_.d_state}, state_dtype, weight.device())};
+}
+
+Tensor Mamba2Block::step(const Tensor& u_t, MambaDecodingState& state) const {
+  const Mamba2Options& o = options_;
+  STRATA_CHECK(u_t.defined() && u_t.dim() == 2 && u_t.size(1) == o.d_model,
+               "Mamba2Block::step: expected u_t (batch, {}), got {}", o.d_model, u_t.defined() ? u_t.str() : "none");
+  const int64_t batch = u_t.size(0), d_inner = o.d_inner(), heads = o.heads(), group_width = o.groups * o.d_state;
+  std::vector<Tensor> z_xBC_dt = ops::split(in_proj->forward(u_t), {d_inner, o.conv_channels(), heads}, -1);
+  Tensor xBC = conv1d->step(state.conv_state, z_xBC_dt[1], true);  // (batch, d_inner + 2 G N)
+  std::vector<Tensor> x_B_C = ops::split(xBC, {d_inner, group_width, group_width}, -1);
+  const DType state_dtype = state.ssm_state.dtype();
+  Tensor x = ops::cast(ops::reshape(x_B_C[0], {batch, heads, o.head_dim}), state_dtype);  // (batch, H, P)
+  // Each head reads its group's B and C: (batch, G, N) -> (batch, H, N).
+  std::vector<int64_t> group_of_head(heads);
+  for (int64_t h = 0; h < heads; ++h) group_of_head[h] = h / (heads / o.groups);
+  Tensor head_groups = Tensor::from_vector(group_of_head, {heads}, u_t.device());
+  auto per_head = [&](const Tensor& t) {
+    return ops::cast(ops::index_select(ops::reshape(t, {batch, o.groups, o.d_state}), 1, head_groups), state_dtype);
+  };
+  Tensor B = per_head(x_B_C[1]), C = per_head(x_B_C[2]);
+  Tensor dt = ops::softplus(ops::add(ops::cast(z_xBC_dt[2], state_dtype), ops::cast(parameter("dt_bias"), state_dtype)));
+  Tensor A = ops::neg(ops::exp(ops::cast(parameter("A_log"), state_dtype)));
+  // S_t = exp(dt A) S_{t-1} + dt x B^T;  y = S_t C + D x
+  Tensor decay = ops::exp(ops::mul(dt, A));  // (batch, H)
+  Tensor input = ops::mul(ops::unsqueeze(ops::mul(ops::unsqueeze(dt, 2), x), 3), ops::unsqueeze(B, 2));
+  state.ssm_state = ops::add(ops::mul(state.ssm_state, ops::unsqueeze(ops::unsqueeze(decay, 2), 3)), input);
+  Tensor y = ops::squeeze(ops::matmul(state.ssm_state, ops::unsqueeze(C, 3)), 3);  // (batch, H, P)
+  y = ops::add(y, ops::mul(ops::unsqueeze(ops::cast(parameter("D"), state_dtype), 1), x));
+  y = ops::cast(ops::reshape(y, {batch, d_inner}), z_xBC_dt[0].dtype());
+  return out_proj->forward(norm->forward(y, z_xBC_dt[0]));
 }
 
 }  // namespace strata::nn

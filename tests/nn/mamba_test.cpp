@@ -1,8 +1,10 @@
-// MambaBlock on the CPU: parameter names, shapes and weight-decay flags of every
-// variant; the paper's initialisation; the forward pass against plain loops over
-// doubles written here from the equations of include/strata/nn/mamba.h;
-// finite-difference gradients in double for the input and every parameter; the
-// one-token step against the full forward; and the messages of bad arguments.
+// MambaBlock and Mamba2Block on the CPU: parameter names, shapes and weight-decay
+// flags of every variant; the papers' initialisation; MambaBlock's forward pass
+// against plain loops over doubles written here from the equations of
+// include/strata/nn/mamba.h; finite-difference gradients in double for the input
+// and every parameter; the one-token step (for Mamba2Block a recurrence written with
+// plain ops, independent of the chunked SSD) against the full forward; and the
+// messages of bad arguments.
 #include <cmath>
 #include <map>
 
@@ -351,4 +353,99 @@ TEST_CASE("MambaBlock rejects bad options and inputs with messages that say what
 
   nn::MambaBlock bidirectional(tiny_options(false, true), generator);
   CHECK_THROWS_WITH_AS(bidirectional.start_decoding(1), doctest::Contains("cannot decode token by token"), Error);
+}
+
+namespace {
+
+// d_inner 8 in 4 heads of 2 channels, 2 groups of B and C, chunks shorter than the
+// test sequences.
+nn::Mamba2Options tiny_mamba2_options() {
+  nn::Mamba2Options o;
+  o.d_model = 4;
+  o.d_state = 3;
+  o.expand = 2;
+  o.d_conv = 3;
+  o.head_dim = 2;
+  o.groups = 2;
+  o.chunk_size = 3;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("Mamba2Block registers the reference's parameters and starts from its initialisation") {
+  Generator generator{51, 0};
+  nn::Mamba2Block block(tiny_mamba2_options(), generator);
+  const Shape heads{4};
+  // in_proj: z (8), xBC (8 + 2 * 2 * 3), dt (4).
+  check_table(block, {{"A_log", {heads, false}},
+                      {"D", {heads, false}},
+                      {"dt_bias", {heads, false}},
+                      {"in_proj.weight", {{8 + 20 + 4, 4}, true}},
+                      {"conv1d.weight", {{20, 3}, true}},
+                      {"conv1d.bias", {{20}, false}},
+                      {"norm.weight", {{8}, false}},
+                      {"out_proj.weight", {{4, 8}, true}}});
+
+  nn::Mamba2Options wide = tiny_mamba2_options();
+  wide.d_model = 256;  // 512 / 2 = 256 heads: enough draws to see the ranges
+  Generator wide_generator{52, 0};
+  nn::Mamba2Block large(wide, wide_generator);
+  auto p = parameter_values(large);
+  double a_low = INFINITY, a_high = 0, dt_low = INFINITY, dt_high = 0;
+  for (double a_log : p["A_log"]) {
+    a_low = std::min(a_low, std::exp(a_log));
+    a_high = std::max(a_high, std::exp(a_log));
+  }
+  for (double b : p["dt_bias"]) {
+    dt_low = std::min(dt_low, softplus(b));
+    dt_high = std::max(dt_high, softplus(b));
+  }
+  CHECK(a_low >= 1.0 - 1e-6);  // A = -U(1, 16)
+  CHECK(a_high <= 16.0 + 1e-5);
+  CHECK(a_low < 1.5);
+  CHECK(a_high > 15.0);
+  CHECK(dt_low >= 1e-3 * (1 - 1e-5));
+  CHECK(dt_high <= 1e-1 * (1 + 1e-5));
+  for (double v : p["D"]) REQUIRE(v == 1.0);
+  for (double v : p["norm.weight"]) REQUIRE(v == 1.0);
+}
+
+TEST_CASE("Mamba2Block gradients match finite differences in double") {
+  Generator generator{61, 0};
+  nn::Mamba2Block block(tiny_mamba2_options(), generator);
+  block.to(DType::Float64);
+  perturb(block, 400, 0.3);
+  std::vector<Tensor> inputs{testing::random({2, 7, 4}, 13).set_requires_grad(true)};
+  for (const Tensor& p : block.parameters()) inputs.push_back(p);
+  testing::check_gradients([&](const std::vector<Tensor>& xs) { return block.forward(xs[0]); }, inputs);
+}
+
+TEST_CASE("Mamba2Block step reproduces the chunked forward position by position") {
+  const int64_t batch = 2, length = 8;
+  Generator generator{71, 0};
+  nn::Mamba2Block block(tiny_mamba2_options(), generator);
+  block.to(DType::Float64);
+  perturb(block, 500, 0.3);
+  Tensor u = testing::random({batch, length, 4}, 17);
+  autograd::NoGradGuard no_grad;
+  Tensor full = block.forward(u);
+  CHECK(full.shape() == Shape{batch, length, 4});
+  nn::MambaDecodingState state = block.start_decoding(batch);
+  CHECK(state.conv_state.shape() == Shape{batch, 20, 2});
+  CHECK(state.ssm_state.shape() == Shape{batch, 4, 2, 3});
+  double worst = 0;
+  for (int64_t t = 0; t < length; ++t) {
+    Tensor out_t = block.step(ops::squeeze(ops::slice(u, 1, t, t + 1), 1), state);
+    worst = std::max(worst, testing::max_abs_difference(out_t, ops::squeeze(ops::slice(full, 1, t, t + 1), 1)));
+  }
+  CHECK_MESSAGE(worst < 1e-12, "max |step - forward| = " << worst);
+
+  nn::Mamba2Options bad = tiny_mamba2_options();
+  bad.head_dim = 3;
+  CHECK_THROWS_WITH_AS(nn::Mamba2Block(bad, generator), doctest::Contains("is not a multiple of head_dim 3"), Error);
+  bad = tiny_mamba2_options();
+  bad.groups = 3;
+  CHECK_THROWS_WITH_AS(nn::Mamba2Block(bad, generator), doctest::Contains("4 heads are not divisible into 3 groups"),
+                       Error);
 }

@@ -40,6 +40,21 @@
 //     directions read one causal conv). Position t then sees the whole sequence:
 //     use it where targets are not the next input (the synthetic recall tasks,
 //     classification), never for next-token language modelling.
+//
+// Mamba2Block (Dao & Gu, "Transformers are SSMs", 2024; mamba2.py), for u (batch, L,
+// d_model), d_inner = expand * d_model split into H = d_inner / P heads of P =
+// head_dim channels, B and C shared by the heads of each of G groups:
+//   [z, xBC, dt] = in_proj(u)               (batch, L, d_inner + (d_inner + 2 G N) + H), no bias
+//   xBC       = silu(causal_depthwise_conv1d(xBC))   one conv over x, B and C together
+//   [x, B, C] = xBC                          x (batch, L, H, P), B and C (batch, L, G, N)
+//   y         = ssd(x, dt, A = -exp(A_log), B, C) with dt <- softplus(dt + dt_bias), D skip
+//   out       = out_proj(gated_rms_norm(y, z))   RMSNorm(y * silu(z)) per group of d_inner / G
+// A is a scalar per head. Initialisation as the reference: A_log = log(U(1, 16)) per
+// head, D = 1, dt_bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max]
+// (floored), norm weight 1; A_log, D, dt_bias and the norm weight without weight
+// decay. Names: in_proj.weight, conv1d.weight, conv1d.bias, A_log, D, dt_bias,
+// norm.weight, out_proj.weight. The step for generation updates the (batch, H, P, N)
+// state with plain ops (the SSD op has no step kernel).
 #pragma once
 
 #include <cstdint>
@@ -93,6 +108,7 @@ struct MambaOptions {
 
 // What one MambaBlock carries from one generated token to the next: constant in
 // the sequence length.
+// (Mamba2Block uses the same two, with its own shapes.)
 struct MambaDecodingState {
   Tensor conv_state;  // (batch, d_inner, d_conv - 1), the activations' dtype: the last inputs of the conv
   Tensor ssm_state;   // (batch, d_inner, N), float32 (float64 for a float64 block): h_t
@@ -100,6 +116,7 @@ struct MambaDecodingState {
 
 class MambaBlock : public Module {
  public:
+  using Options = MambaOptions;
   MambaBlock(const MambaOptions& options, Generator& generator);
 
   // u (batch, L, d_model) -> (batch, L, d_model)
@@ -138,6 +155,63 @@ class MambaBlock : public Module {
   MambaOptions options_;
   int64_t dt_rank_;
   std::vector<Direction> directions_;
+};
+
+// Mamba-2's norm: RMSNorm(x * silu(z)) over groups of group_size channels, times
+// a weight (ones, no weight decay). Wraps ops::gated_rms_norm.
+class GatedRMSNorm : public Module {
+ public:
+  GatedRMSNorm(int64_t dim, int64_t group_size, double eps = 1e-5);
+  // x, z (..., dim) -> (..., dim)
+  Tensor forward(const Tensor& x, const Tensor& z) const;
+  const Tensor& weight() const { return parameter("weight"); }
+
+ private:
+  int64_t dim_, group_size_;
+  double eps_;
+};
+
+struct Mamba2Options {
+  int64_t d_model = 0;
+  int64_t d_state = 128;  // N
+  int64_t expand = 2;     // d_inner = expand * d_model
+  int64_t d_conv = 4;
+  int64_t head_dim = 64;  // P; heads H = d_inner / P
+  int64_t groups = 1;     // G: heads share B and C within a group
+  int64_t chunk_size = 256;
+  double A_init_min = 1.0, A_init_max = 16.0;  // A = -U(A_init_min, A_init_max) per head
+  double dt_min = 1e-3, dt_max = 1e-1, dt_init_floor = 1e-4;
+  double norm_eps = 1e-5;
+
+  int64_t d_inner() const { return expand * d_model; }
+  int64_t heads() const { return d_inner() / head_dim; }
+  int64_t conv_channels() const { return d_inner() + 2 * groups * d_state; }
+  // Throws strata::Error naming the first invalid field.
+  void validate() const;
+};
+
+class Mamba2Block : public Module {
+ public:
+  using Options = Mamba2Options;
+  Mamba2Block(const Mamba2Options& options, Generator& generator);
+
+  // u (batch, L, d_model) -> (batch, L, d_model)
+  Tensor forward(const Tensor& u) const;
+
+  // Generation, as MambaBlock's: conv_state (batch, d_inner + 2 G N, d_conv - 1) and
+  // ssm_state (batch, H, P, N), float32 (float64 for a float64 block). step replaces
+  // ssm_state by the next state. Not differentiable (run under autograd::NoGradGuard).
+  MambaDecodingState start_decoding(int64_t batch) const;
+  Tensor step(const Tensor& u_t, MambaDecodingState& state) const;
+
+  const Mamba2Options& options() const { return options_; }
+
+  std::shared_ptr<Linear> in_proj, out_proj;
+  std::shared_ptr<CausalConv1d> conv1d;
+  std::shared_ptr<GatedRMSNorm> norm;
+
+ private:
+  Mamba2Options options_;
 };
 
 }  // namespace strata::nn
