@@ -122,22 +122,26 @@ MambaBlock::ScanInputs MambaBlock::scan_inputs(const Direction& d, const Tensor&
     s.C = everywhere(parameter(d.C));
     return s;
   }
-  // (batch, L, R + 2N) -> dt (batch, L, R), B and C (batch, L, N)
-  std::vector<Tensor> dt_B_C = ops::split(d.x_proj->forward(ops::transpose(x, 1, 2)), {dt_rank_, N, N}, -1);
-  s.delta = ops::transpose(ops::linear(dt_B_C[0], d.dt_proj->weight()), 1, 2);  // (batch, d_inner, L)
+  // Products written channel-first, W (out, in) @ x (batch, in, L), so that delta
+  // comes out in the scan's (batch, d_inner, L) layout without a transposed copy.
+  Tensor dt_B_C = ops::matmul(d.x_proj->weight(), x);  // (batch, R + 2N, L)
+  s.delta = ops::matmul(d.dt_proj->weight(), ops::slice(dt_B_C, 1, 0, dt_rank_));
   s.delta_bias = d.dt_proj->bias();
-  s.B = ops::unsqueeze(ops::transpose(dt_B_C[1], 1, 2), 1);  // (batch, 1, N, L): one group
-  s.C = ops::unsqueeze(ops::transpose(dt_B_C[2], 1, 2), 1);
+  s.B = ops::unsqueeze(ops::slice(dt_B_C, 1, dt_rank_, dt_rank_ + N), 1);  // (batch, 1, N, L): one group
+  s.C = ops::unsqueeze(ops::slice(dt_B_C, 1, dt_rank_ + N, dt_rank_ + 2 * N), 1);
   return s;
 }
 
 Tensor MambaBlock::forward(const Tensor& u) const {
   STRATA_CHECK(u.defined() && u.dim() == 3 && u.size(2) == options_.d_model,
                "MambaBlock: expected u (batch, length, {}), got {}", options_.d_model, u.defined() ? u.str() : "none");
+  // in_proj's two halves as separate products from u^T (batch, d_model, L): x and z
+  // come out contiguous in the (batch, d_inner, L) layout the conv and scan read.
   const int64_t d_inner = options_.d_inner();
-  std::vector<Tensor> x_z = ops::split(in_proj->forward(u), {d_inner, d_inner}, -1);  // 2 x (batch, L, d_inner)
-  Tensor x = conv1d->forward(ops::transpose(x_z[0], 1, 2), true);                      // (batch, d_inner, L)
-  Tensor z = ops::transpose(x_z[1], 1, 2);
+  const Tensor& w_in = in_proj->weight();  // (2 d_inner, d_model)
+  Tensor u_t = ops::transpose(u, 1, 2);
+  Tensor x = conv1d->forward(ops::matmul(ops::slice(w_in, 0, 0, d_inner), u_t), true);  // (batch, d_inner, L)
+  Tensor z = ops::matmul(ops::slice(w_in, 0, d_inner, 2 * d_inner), u_t);
   Tensor y;
   for (size_t k = 0; k < directions_.size(); ++k) {
     ScanInputs s = scan_inputs(directions_[k], x);
@@ -150,7 +154,8 @@ Tensor MambaBlock::forward(const Tensor& u) const {
     Tensor y_k = ops::selective_scan(x, s.delta, s.A, s.B, s.C, o).y;  // (batch, d_inner, L)
     y = y.defined() ? ops::add(y, y_k) : y_k;
   }
-  return out_proj->forward(ops::transpose(y, 1, 2));
+  // y^T W_out^T: (batch, L, d_inner) x (d_inner, d_model), both transposed views.
+  return ops::matmul(ops::transpose(y, 1, 2), ops::transpose(out_proj->weight(), 0, 1));
 }
 
 MambaDecodingState MambaBlock::start_decoding(int64_t batch) const {

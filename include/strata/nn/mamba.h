@@ -1,7 +1,7 @@
-// The Mamba-1 mixer (Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective
-// State Spaces", 2023, sec. 3.4 and the reference mamba_simple.py), with two
-// variants the experiments need: an LTI baseline and the bidirectional block of
-// Vision Mamba (Zhu et al., 2024).
+// The Mamba mixers: Mamba-1 (Gu & Dao, "Mamba: Linear-Time Sequence Modeling with
+// Selective State Spaces", 2023, sec. 3.4 and the reference mamba_simple.py) with
+// two variants the experiments need, an LTI baseline and the bidirectional block of
+// Vision Mamba (Zhu et al., 2024); and Mamba-2 (further down).
 //
 // MambaBlock, for u (batch, L, d_model), d_inner = expand * d_model, R = dt_rank:
 //   [x, z]    = in_proj(u)                             (batch, L, 2 d_inner), no bias
@@ -106,9 +106,8 @@ struct MambaOptions {
   void validate() const;
 };
 
-// What one MambaBlock carries from one generated token to the next: constant in
-// the sequence length.
-// (Mamba2Block uses the same two, with its own shapes.)
+// What one block carries from one generated token to the next, constant in the
+// sequence length (the shapes are MambaBlock's; Mamba2Block's are given there).
 struct MambaDecodingState {
   Tensor conv_state;  // (batch, d_inner, d_conv - 1), the activations' dtype: the last inputs of the conv
   Tensor ssm_state;   // (batch, d_inner, N), float32 (float64 for a float64 block): h_t
