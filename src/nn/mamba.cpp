@@ -83,9 +83,9 @@ void MambaBlock::add_direction(bool backward, Generator& generator) {
     d.B = name("B");
     d.C = name("C");
     d.dt_bias = name("dt_bias");
-    Tensor C = Tensor::empty({d_inner, N});
+    Tensor C = Tensor::empty({N});
     init::normal_(C, 0.0, 1.0, generator);
-    register_parameter(d.B, Tensor::ones({d_inner, N}), false);
+    register_parameter(d.B, Tensor::ones({N}), false);
     register_parameter(d.C, C, false);
     register_parameter(d.dt_bias, initial_dt_bias(options_, generator), false);
   } else {
@@ -108,13 +108,13 @@ void MambaBlock::add_direction(bool backward, Generator& generator) {
 }
 
 MambaBlock::ScanInputs MambaBlock::scan_inputs(const Direction& d, const Tensor& x) const {
-  const int64_t batch = x.size(0), d_inner = x.size(1), length = x.size(2), N = options_.d_state;
+  const int64_t batch = x.size(0), length = x.size(2), N = options_.d_state;
   ScanInputs s;
   s.A = ops::neg(ops::exp(parameter(d.A_log)));
   if (options_.lti) {
-    // One group per channel, the same B and C at every position of every sequence.
+    // One group, as S6 has, with the same B and C at every position of every sequence.
     auto everywhere = [&](const Tensor& p) {
-      return ops::expand(ops::unsqueeze(ops::unsqueeze(p, 0), 3), {batch, d_inner, N, length});
+      return ops::expand(ops::reshape(p, {1, 1, N, 1}), {batch, 1, N, length});
     };
     s.delta = Tensor::zeros(x.shape(), x.dtype(), x.device());
     s.delta_bias = parameter(d.dt_bias);

@@ -102,8 +102,8 @@ std::vector<double> naive_block(const nn::MambaBlock& block, const std::vector<d
           for (int64_t c = 0; c < Di; ++c) {
             delta[t][c] = softplus(p[name("dt_bias")][c]);
             for (int64_t n = 0; n < N; ++n) {
-              Bm[t][c][n] = p[name("B")][c * N + n];
-              Cm[t][c][n] = p[name("C")][c * N + n];
+              Bm[t][c][n] = p[name("B")][n];
+              Cm[t][c][n] = p[name("C")][n];
             }
           }
           continue;
@@ -172,8 +172,8 @@ TEST_CASE("MambaBlock registers the reference's parameters, without weight decay
                           {"out_proj.weight", {{4, 8}, true}}});
 
   nn::MambaBlock lti(tiny_options(true), generator);
-  check_table(lti, {{"B", {a_shape, false}},
-                    {"C", {a_shape, false}},
+  check_table(lti, {{"B", {{3}, false}},
+                    {"C", {{3}, false}},
                     {"dt_bias", {inner, false}},
                     {"A_log", {a_shape, false}},
                     {"D", {inner, false}},
@@ -241,9 +241,9 @@ TEST_CASE("MambaBlock starts from the paper's initialisation") {
       for (double v : p["B"]) REQUIRE(v == 1.0);
       double sum = 0, squares = 0;
       for (double v : p["C"]) sum += v, squares += v * v;
-      const double count = static_cast<double>(d_inner * N);
-      CHECK(std::fabs(sum / count) < 0.05);  // N(0, 1): mean 0 within 4.5 standard errors
-      CHECK(std::sqrt(squares / count) == doctest::Approx(1.0).epsilon(0.05));
+      const double count = static_cast<double>(N);
+      CHECK(std::fabs(sum / count) < 1.0);  // N(0, 1): mean 0 within 4 standard errors of 16 draws
+      CHECK(std::sqrt(squares / count) == doctest::Approx(1.0).epsilon(0.5));
     } else {
       // dt_proj.weight ~ U(-R^-1/2, R^-1/2), R = ceil(256 / 16) = 16.
       double largest = 0;

@@ -26,12 +26,14 @@
 // A_log, D, out_proj.weight.
 //
 // Variants:
-//   lti: delta, B and C no longer depend on the input. Each channel learns its own
-//     step size (delta = softplus(dt_bias), dt_bias initialised as above) and its
-//     own B, C (d_inner, N) (B = 1, C ~ N(0, 1), as S4D-real does with a real
-//     diagonal A); x_proj and dt_proj are gone. The conv, the z gate and D stay, so
-//     this is the "Mamba architecture with an LTI (S4-like) layer" baseline of the
-//     paper's selective-copying experiment (Table 1). Parameters: B, C, dt_bias.
+//   lti: delta, B and C no longer depend on the input, and nothing else changes:
+//     each channel learns one step size (delta = softplus(dt_bias), dt_bias
+//     initialised as above), B and C are learned vectors (N) shared by all channels
+//     as S6's are (B = 1, C ~ N(0, 1)); x_proj and dt_proj are gone. The conv, the z
+//     gate, D and the per-channel A stay, so this is the "Mamba architecture with an
+//     LTI layer" baseline of the paper's selective-copying experiment (Table 1),
+//     though weaker than S4/S4D, whose B and C are per channel. Parameters: B, C,
+//     dt_bias.
 //   bidirectional: a second scan runs backwards (last position first) over the same
 //     conv output and z gate, with its own x_proj_b, dt_proj_b, A_b_log, D_b (or
 //     B_b, C_b, dt_bias_b with lti), initialised like the forward ones; the two
@@ -145,7 +147,7 @@ class MambaBlock : public Module {
   void add_direction(bool backward, Generator& generator);
   // What the scan of one direction reads besides x and z, for the conv output x
   // (batch, d_inner, L): delta before bias and softplus (batch, d_inner, L), A
-  // (d_inner, N), B and C (batch, groups, N, L) with one group (S6) or d_inner (LTI).
+  // (d_inner, N), B and C (batch, 1, N, L).
   struct ScanInputs {
     Tensor delta, delta_bias, A, B, C;
   };
