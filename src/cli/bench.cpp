@@ -8,6 +8,7 @@
 #include <cmath>
 #include <memory>
 
+#include "cli/bench.h"
 #include "cli/commands.h"
 #include "strata/autograd/autograd.h"
 #include "strata/core/rng.h"
@@ -19,6 +20,11 @@
 
 namespace strata::cli {
 
+void report(const std::string& name, double ms, double amount, const char* unit, double limit) {
+  double rate = amount / (ms * 1e-3);
+  fmt::print("{:<46} {:9.3f} ms  {:9.1f} {}  {:5.1f}% of {:.1f}\n", name, ms, rate, unit, 100.0 * rate / limit, limit);
+}
+
 namespace {
 
 struct BenchOptions {
@@ -29,11 +35,6 @@ struct BenchOptions {
   int64_t adamw_parameters = 256 << 20;
   int iterations = 20;
 };
-
-void report(const std::string& name, double ms, double amount, const char* unit, double limit) {
-  double rate = amount / (ms * 1e-3);
-  fmt::print("{:<46} {:9.3f} ms  {:9.1f} {}  {:5.1f}% of {:.1f}\n", name, ms, rate, unit, 100.0 * rate / limit, limit);
-}
 
 bool wanted(const BenchOptions& o, const std::string& group) {
   return o.only.empty() || std::find(o.only.begin(), o.only.end(), group) != o.only.end();
@@ -141,7 +142,10 @@ void bench(const BenchOptions& o) {
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("bench", "Measure GEMM, element-wise, normalisation and AdamW against the device limits");
+  auto* cmd = app.add_subcommand(
+      "bench", "Measure GEMM, element-wise, normalisation and AdamW against the device limits; "
+               "its subcommands measure one kernel family");
+  cmd->require_subcommand(0, 1);
   auto options = std::make_shared<BenchOptions>();
   cmd->add_option("--device", options->device, "cpu, cuda, cuda:N or auto");
   cmd->add_option("--only", options->only, "Groups to run: gemm, elementwise, norm, adamw");
@@ -149,7 +153,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--rows", options->rows, "Rows for element-wise and norm benchmarks")->check(CLI::PositiveNumber);
   cmd->add_option("--dim", options->dim, "Row length for element-wise and norm benchmarks")->check(CLI::PositiveNumber);
   cmd->add_option("--iterations", options->iterations, "Timed iterations per measurement")->check(CLI::PositiveNumber);
-  cmd->callback([options] { bench(*options); });
+  cmd->callback([cmd, options] {
+    if (cmd->get_subcommands().empty()) bench(*options);
+  });
 }
 
 }  // namespace strata::cli

@@ -75,6 +75,7 @@ void add_commands(CLI::App& app) {
   }
   add_prepare_command(app);
   add_bench_command(app);
+  add_op_command(app);
   add_plot_command(app);
   add_dist_commands(app);
 }

@@ -11,7 +11,8 @@ int exit_code();
 void set_exit_code(int code);
 
 // Defined in their own files.
-void add_bench_command(CLI::App& app);
+void add_bench_command(CLI::App& app);  // `bench` and its per-family subcommands (src/cli/bench*.cpp)
+void add_op_command(CLI::App& app);     // `op` and its per-family subcommands (src/cli/op*.cpp)
 void add_prepare_command(CLI::App& app);
 void add_plot_command(CLI::App& app);
 void add_dist_commands(CLI::App& app);  // launch, bench-comm, rank flags of train/resume (src/cli/launch.cpp)

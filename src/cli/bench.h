@@ -1,0 +1,12 @@
+// Shared by the `strata bench` subcommands (src/cli/bench*.cpp).
+#pragma once
+
+#include <string>
+
+namespace strata::cli {
+
+// One result line: the name, the mean time, the rate (amount per second, in `unit`)
+// and that rate as a percentage of `limit`, a reference measured in the same run.
+void report(const std::string& name, double ms, double amount, const char* unit, double limit);
+
+}  // namespace strata::cli
