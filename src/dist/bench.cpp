@@ -18,16 +18,22 @@ std::vector<AllReduceTiming> benchmark_all_reduce(Communicator& communicator, co
     communicator.barrier();
     t.communicator_ms = time_ms(
         communicator.device(), [&] { communicator.all_reduce(values, ReduceOp::Sum); }, iterations, warmup);
+    communicator.barrier();
+    t.async_ms = time_ms(
+        communicator.device(), [&] { communicator.all_reduce_async(values, ReduceOp::Sum)->wait(); }, iterations,
+        warmup);
     if (nccl) {
       communicator.barrier();
       t.plain_ms = time_ms(communicator.device(), [&] { plain_nccl_all_reduce(communicator, values); }, iterations,
                            warmup);
     }
-    Tensor slowest = Tensor::from_vector<double>({t.communicator_ms, t.plain_ms}, {2}, communicator.device());
+    Tensor slowest =
+        Tensor::from_vector<double>({t.communicator_ms, t.async_ms, t.plain_ms}, {3}, communicator.device());
     communicator.all_reduce(slowest, ReduceOp::Max);
     std::vector<double> reduced = slowest.to_vector<double>();
     t.communicator_ms = reduced[0];
-    t.plain_ms = reduced[1];
+    t.async_ms = reduced[1];
+    t.plain_ms = reduced[2];
     timings.push_back(t);
   }
   return timings;

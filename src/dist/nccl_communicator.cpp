@@ -177,6 +177,9 @@ class NcclCommunicator final : public Communicator {
     if (!aborted_.load()) {
       cudaEvent_t drained = nullptr;  // unchecked calls: a destructor must not throw
       if (std::uncaught_exceptions() == 0 && cudaEventCreateWithFlags(&drained, cudaEventDisableTiming) == cudaSuccess) {
+        // Blocking collectives run on the compute stream: drain it behind the communicator's own.
+        cudaEventRecord(drained, cuda::stream());
+        cudaStreamWaitEvent(stream_, drained, 0);
         cudaEventRecord(drained, stream_);
         auto deadline = Clock::now() + timeout_;
         while (cudaEventQuery(drained) == cudaErrorNotReady && Clock::now() < deadline)
@@ -198,19 +201,29 @@ class NcclCommunicator final : public Communicator {
     check_tensor("all_reduce", tensor, device_);
     check_reducible("all_reduce", tensor.dtype(), op);
     void* data = tensor.data_ptr();
-    return enqueue("all_reduce", tensor, timed, [&] {
+    return enqueue("all_reduce", tensor, timed, stream_, [&](cudaStream_t stream) {
       return ncclAllReduce(data, data, static_cast<size_t>(tensor.numel()), nccl_type(tensor.dtype()), nccl_op(op),
-                           comm_, stream_);
+                           comm_, stream);
     });
+  }
+
+  void all_reduce(Tensor& tensor, ReduceOp op) override {
+    check_tensor("all_reduce", tensor, device_);
+    check_reducible("all_reduce", tensor.dtype(), op);
+    void* data = tensor.data_ptr();
+    enqueue("all_reduce", tensor, false, cuda::stream(), [&](cudaStream_t stream) {
+      return ncclAllReduce(data, data, static_cast<size_t>(tensor.numel()), nccl_type(tensor.dtype()), nccl_op(op),
+                           comm_, stream);
+    })->wait();
   }
 
   void broadcast(Tensor& tensor, int root) override {
     check_tensor("broadcast", tensor, device_);
     STRATA_CHECK(root >= 0 && root < world_size_, "broadcast: root {} is not a rank of {}", root, world_size_);
     void* data = tensor.data_ptr();
-    enqueue("broadcast", tensor, false, [&] {
+    enqueue("broadcast", tensor, false, cuda::stream(), [&](cudaStream_t stream) {
       return ncclBroadcast(data, data, static_cast<size_t>(tensor.numel()), nccl_type(tensor.dtype()), root, comm_,
-                           stream_);
+                           stream);
     })->wait();
   }
 
@@ -218,9 +231,9 @@ class NcclCommunicator final : public Communicator {
     check_tensor("all_gather", input, device_);
     check_tensor("all_gather", output, device_);
     check_scatter_sizes("all_gather", output, input, world_size_);
-    enqueue("all_gather", output, false, [&] {
+    enqueue("all_gather", output, false, cuda::stream(), [&](cudaStream_t stream) {
       return ncclAllGather(input.data_ptr(), output.data_ptr(), static_cast<size_t>(input.numel()),
-                           nccl_type(input.dtype()), comm_, stream_);
+                           nccl_type(input.dtype()), comm_, stream);
     })->wait();
   }
 
@@ -229,17 +242,17 @@ class NcclCommunicator final : public Communicator {
     check_tensor("reduce_scatter", output, device_);
     check_reducible("reduce_scatter", input.dtype(), op);
     check_scatter_sizes("reduce_scatter", input, output, world_size_);
-    enqueue("reduce_scatter", output, false, [&] {
+    enqueue("reduce_scatter", output, false, cuda::stream(), [&](cudaStream_t stream) {
       return ncclReduceScatter(input.data_ptr(), output.data_ptr(), static_cast<size_t>(output.numel()),
-                               nccl_type(input.dtype()), nccl_op(op), comm_, stream_);
+                               nccl_type(input.dtype()), nccl_op(op), comm_, stream);
     })->wait();
   }
 
   // NCCL has no barrier: a one-element all-reduce the host waits for.
   void barrier() override {
     void* data = barrier_value_.data_ptr();
-    auto work = enqueue("barrier", barrier_value_, false, [&] {
-      return ncclAllReduce(data, data, 1, ncclInt32, ncclSum, comm_, stream_);
+    auto work = enqueue("barrier", barrier_value_, false, stream_, [&](cudaStream_t stream) {
+      return ncclAllReduce(data, data, 1, ncclInt32, ncclSum, comm_, stream);
     });
     while (true) {
       throw_if_failed("barrier");
@@ -305,25 +318,30 @@ class NcclCommunicator final : public Communicator {
     return status;
   }
 
+  // Issues call(stream) on `stream`: the communicator's own stream (after the
+  // compute stream's work so far) or the compute stream itself.
   template <class Call>
-  std::shared_ptr<NcclWork> enqueue(const char* what, const Tensor& keep_alive, bool timed, Call&& call) {
+  std::shared_ptr<NcclWork> enqueue(const char* what, const Tensor& keep_alive, bool timed, cudaStream_t stream,
+                                    Call&& call) {
     throw_if_failed(what);
     std::lock_guard<std::mutex> lock(nccl_mutex_);
-    check_cuda(cudaEventRecord(inputs_ready_.get(), cuda::stream()), "cudaEventRecord");
-    check_cuda(cudaStreamWaitEvent(stream_, inputs_ready_.get(), 0), "cudaStreamWaitEvent");
+    if (stream != cuda::stream()) {
+      check_cuda(cudaEventRecord(inputs_ready_.get(), cuda::stream()), "cudaEventRecord");
+      check_cuda(cudaStreamWaitEvent(stream, inputs_ready_.get(), 0), "cudaStreamWaitEvent");
+    }
     Event started;
     if (timed) {
       started = make_event(true);
-      check_cuda(cudaEventRecord(started.get(), stream_), "cudaEventRecord");
+      check_cuda(cudaEventRecord(started.get(), stream), "cudaEventRecord");
     }
-    ncclResult_t status = settle(call(), Clock::now() + timeout_);
+    ncclResult_t status = settle(call(stream), Clock::now() + timeout_);
     if (status != ncclSuccess) {
       std::string reason = status == ncclInProgress ? "still in progress after the timeout" : describe(status);
       abort_locked(fmt::format("{} failed: {}", what, reason));
       throw_if_failed(what);
     }
     Event ended = make_event(timed);
-    check_cuda(cudaEventRecord(ended.get(), stream_), "cudaEventRecord");
+    check_cuda(cudaEventRecord(ended.get(), stream), "cudaEventRecord");
     {
       std::lock_guard<std::mutex> watch_lock(watch_mutex_);
       in_flight_.push_back(InFlight{ended, Clock::now(), what});

@@ -11,7 +11,8 @@ namespace strata::dist {
 
 struct AllReduceTiming {
   int64_t bytes = 0;
-  double communicator_ms = 0;  // per all-reduce, the slowest rank's mean
+  double communicator_ms = 0;  // per blocking all-reduce, the slowest rank's mean
+  double async_ms = 0;         // per all_reduce_async + wait (the gradient reducer's path), likewise
   double plain_ms = -1;        // the same for plain ncclAllReduce; < 0 on Gloo (no baseline)
 };
 

@@ -67,8 +67,11 @@ class Communicator {
   virtual std::string backend() const = 0;    // "gloo" or "nccl"
 
   // tensor = op over all ranks of tensor, in place on every rank.
+  // The asynchronous form runs beside the compute stream (the gradient reducer
+  // overlaps it with the backward pass); the blocking form may run on the compute
+  // stream itself, which saves the cross-stream synchronisation for small tensors.
   virtual std::shared_ptr<Work> all_reduce_async(Tensor& tensor, ReduceOp op, bool timed = false) = 0;
-  void all_reduce(Tensor& tensor, ReduceOp op = ReduceOp::Sum) { all_reduce_async(tensor, op)->wait(); }
+  virtual void all_reduce(Tensor& tensor, ReduceOp op = ReduceOp::Sum) { all_reduce_async(tensor, op)->wait(); }
   // tensor = rank root's tensor, on every rank.
   virtual void broadcast(Tensor& tensor, int root) = 0;
   // output (world_size * n elements) = every rank's input (n elements) in rank order.
