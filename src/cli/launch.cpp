@@ -79,7 +79,8 @@ void add_bench_comm_command(CLI::App& app) {
   cmd->add_option("--min-mib", o->min_mib, "Smallest all-reduce, MiB")->check(CLI::PositiveNumber);
   cmd->add_option("--max-mib", o->max_mib, "Largest all-reduce, MiB (sizes double from the smallest)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--iterations", o->iterations, "Timed all-reduces per size")->check(CLI::PositiveNumber);
+  cmd->add_option("--iterations", o->iterations, "Timed all-reduces per size (more below 32 MiB)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", o->warmup, "Untimed all-reduces per size first");
   add_rank_flags(*cmd);
   cmd->callback([o] {
@@ -96,7 +97,7 @@ void add_bench_comm_command(CLI::App& app) {
     auto timings = dist::benchmark_all_reduce(*communicator, sizes, o->iterations, o->warmup);
     if (communicator->rank() != 0) return;
     int n = communicator->world_size();
-    fmt::print("all-reduce (float32 sum) over {} ranks, {} on {}; the slowest rank's mean of {} iterations\n", n,
+    fmt::print("all-reduce (float32 sum) over {} ranks, {} on {}; the slowest rank's mean of {}+ iterations\n", n,
                communicator->backend(), device.str(), o->iterations);
     fmt::print("{:>10}  {:>12}  {:>14}  {:>14}  {:>12}  {:>14}  {:>8}\n", "size", "strata ms", "strata GB/s",
                "async GB/s", "plain ms", "plain GB/s", "ratio");

@@ -1,5 +1,7 @@
 #include "strata/dist/bench.h"
 
+#include <algorithm>
+
 #include "dist/backends.h"
 #include "strata/core/timer.h"
 
@@ -15,16 +17,19 @@ std::vector<AllReduceTiming> benchmark_all_reduce(Communicator& communicator, co
     Tensor values = Tensor::zeros({bytes / 4}, DType::Float32, communicator.device());
     AllReduceTiming t;
     t.bytes = bytes;
+    // Small all-reduces take microseconds: repeat them more (up to 32x at 1 MiB)
+    // so that each size is timed over a comparable span.
+    const int repeats = iterations * static_cast<int>(std::clamp<int64_t>((int64_t{32} << 20) / bytes, 1, 32));
     communicator.barrier();
     t.communicator_ms = time_ms(
-        communicator.device(), [&] { communicator.all_reduce(values, ReduceOp::Sum); }, iterations, warmup);
+        communicator.device(), [&] { communicator.all_reduce(values, ReduceOp::Sum); }, repeats, warmup);
     communicator.barrier();
     t.async_ms = time_ms(
-        communicator.device(), [&] { communicator.all_reduce_async(values, ReduceOp::Sum)->wait(); }, iterations,
+        communicator.device(), [&] { communicator.all_reduce_async(values, ReduceOp::Sum)->wait(); }, repeats,
         warmup);
     if (nccl) {
       communicator.barrier();
-      t.plain_ms = time_ms(communicator.device(), [&] { plain_nccl_all_reduce(communicator, values); }, iterations,
+      t.plain_ms = time_ms(communicator.device(), [&] { plain_nccl_all_reduce(communicator, values); }, repeats,
                            warmup);
     }
     Tensor slowest =

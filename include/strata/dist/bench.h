@@ -17,8 +17,8 @@ struct AllReduceTiming {
 };
 
 // Collective. Float32 sum all-reduces of each size (bytes, a multiple of 4), timed
-// over `iterations` after `warmup` on the compute stream (CUDA events) or the host
-// clock (CPU).
+// over `iterations` (below 32 MiB, 32 MiB / bytes times as many, at most 32x) after
+// `warmup` on the compute stream (CUDA events) or the host clock (CPU).
 std::vector<AllReduceTiming> benchmark_all_reduce(Communicator& communicator, const std::vector<int64_t>& sizes,
                                                   int iterations, int warmup);
 
