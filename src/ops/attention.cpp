@@ -176,13 +176,14 @@ kernels::AttentionBias<Acc> bias_of(const Saved& t) {
 
 template <class T>
 kernels::AttentionInputs<T, T> cpu_inputs(const Saved& t) {
-  return {t.q.data<T>(), t.k.data<T>(), t.v.data<T>(), bias_of<T>(t), t.sinks.defined() ? t.sinks.data<T>() : nullptr};
+  return {t.q.data<T>(), t.k.data<T>(), t.v.data<T>(), bias_of<T>(t), t.sinks.defined() ? t.sinks.data<T>() : nullptr,
+          {}};
 }
 
 #ifdef STRATA_WITH_CUDA
 kernels::AttentionInputs<void, float> cuda_inputs(const Saved& t) {
   return {t.q.data_ptr(), t.k.data_ptr(), t.v.data_ptr(), bias_of<float>(t),
-          t.sinks.defined() ? t.sinks.data<float>() : nullptr};
+          t.sinks.defined() ? t.sinks.data<float>() : nullptr, {}};
 }
 #endif
 
@@ -256,14 +257,14 @@ std::vector<Tensor> backward(const char* op, const Saved& t, const Tensor& out, 
   if (device.is_cpu()) {
     for_cpu_dtype(value_dtype, [&]<class T>(T) {
       kernels::AttentionGrads<T, T> grads{dq.data<T>(), dk.data<T>(), dv.data<T>(),
-                                          bias_grad ? dbias.data<T>() : nullptr};
+                                          bias_grad ? dbias.data<T>() : nullptr, nullptr};
       kernels::attention_backward_cpu(s, blocks, cpu_inputs<T>(t), out.data<T>(), lse.data<T>(), grad_out.data<T>(),
                                       grad_lse.defined() ? grad_lse.data<T>() : nullptr, delta.data<T>(), grads);
     });
   } else {
 #ifdef STRATA_WITH_CUDA
     kernels::AttentionGrads<void, float> grads{dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                                               bias_grad ? dbias.data<float>() : nullptr};
+                                               bias_grad ? dbias.data<float>() : nullptr, nullptr};
     Tensor dq_accumulator = Tensor::empty(t.q.shape(), DType::Float32, device);
     bool supported =
         kernels::attention_backward_cuda(value_dtype, s, blocks, cuda_inputs(t), out.data_ptr(), lse.data<float>(),
@@ -333,6 +334,54 @@ AttentionResult attention_op(const char* op, const Tensor& q_given, const Tensor
   return result;
 }
 
+// t broadcast to `full` (its leading dims first), viewed with the first two dims as
+// one: (B, H, ...) -> (1, B * H, ...). Differentiable; copies when t broadcasts.
+Tensor fold_batch_into_heads(const Tensor& t, const Shape& full) {
+  if (!t.defined()) return t;
+  STRATA_CHECK(t.dim() <= static_cast<int>(full.size()), "block_sparse_attention: {} does not broadcast to {}", t.str(),
+               shape_str(full));
+  Shape padded(full.size() - t.dim(), 1);
+  padded.insert(padded.end(), t.shape().begin(), t.shape().end());
+  Tensor expanded = expand(reshape(t, padded), full);
+  Shape folded{1, full[0] * full[1]};
+  folded.insert(folded.end(), full.begin() + 2, full.end());
+  return reshape(expanded, folded);
+}
+
+// A layout with one set of rows per sequence: q (B, H, Lq, d) runs as (1, B * H, Lq,
+// d) against k, v (1, B * kv_heads, Lk, d), whose GQA mapping (b H + h) / (H /
+// kv_heads) = b kv_heads + h / (H / kv_heads) is the per-sequence one, with the
+// layout read as B * H heads; bias, sinks and temperatures are broadcast and folded
+// the same way, and the results unfolded.
+AttentionResult batched_layout_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                                         const BlockLayout& layout, const AttentionOptions& options) {
+  detail::check_defined(op, q, "q");
+  detail::check_defined(op, k, "k");
+  STRATA_CHECK(q.dim() == 4 && k.dim() == 4 && q.size(0) == layout.batches() && q.size(1) == layout.heads() &&
+                   k.size(0) == layout.batches(),
+               "{}: {} needs q (batch = {}, heads = {}, Lq, d) and k (batch = {}, kv_heads, Lk, d), got q {} and k {}",
+               op, layout.str(), layout.batches(), layout.heads(), layout.batches(), q.str(), k.str());
+  const int64_t batch = q.size(0), heads = q.size(1), kv_heads = k.size(1);
+  const int64_t length_q = q.size(2), length_k = k.size(2);
+  AttentionOptions folded = options;
+  folded.bias = fold_batch_into_heads(options.bias, {batch, heads, length_q, length_k});
+  if (options.sinks.defined()) {
+    STRATA_CHECK(options.sinks.shape() == Shape{heads}, "{}: sinks {} must have shape [{}] (heads)", op,
+                 options.sinks.str(), heads);
+    folded.sinks = reshape(fold_batch_into_heads(options.sinks, {batch, heads}), {batch * heads});
+  }
+  folded.query_temperature = fold_batch_into_heads(options.query_temperature, {batch, heads, length_q});
+  folded.key_temperature = fold_batch_into_heads(options.key_temperature, {batch, kv_heads, length_k});
+  AttentionResult result =
+      attention_op(op, fold_batch_into_heads(q, q.shape()), fold_batch_into_heads(k, k.shape()),
+                   fold_batch_into_heads(v, v.shape()), layout.fold_batches(), folded);
+  result.out = reshape(result.out, q.shape());
+  if (result.lse.defined()) result.lse = reshape(result.lse, {batch, heads, length_q});
+  if (result.probabilities.defined())
+    result.probabilities = reshape(result.probabilities, {batch, heads, length_q, length_k});
+  return result;
+}
+
 }  // namespace
 
 AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options) {
@@ -342,7 +391,8 @@ AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v, con
 AttentionResult block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                        const kernels::BlockLayout& layout, const AttentionOptions& options) {
   STRATA_CHECK(layout.defined(), "block_sparse_attention: the block layout is undefined");
-  return attention_op("block_sparse_attention", q, k, v, layout, options);
+  if (layout.batches() == 1) return attention_op("block_sparse_attention", q, k, v, layout, options);
+  return batched_layout_attention("block_sparse_attention", q, k, v, layout, options);
 }
 
 }  // namespace strata::ops

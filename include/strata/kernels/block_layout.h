@@ -8,7 +8,10 @@
 // entirely by both passes of ops::block_sparse_attention, so its time falls with
 // the density.
 //
-// A layout has 1 head (shared by every attention head) or one per attention head.
+// A layout has 1 head (shared by every attention head) or one per attention head,
+// and 1 batch (shared by every sequence) or one per sequence of the batch (the
+// layouts computed from the inputs, topk_block_layout): then rows and columns are
+// indexed by batch * heads + head before the block.
 // Positions follow the causal alignment of ops::attention: with Lq queries and Lk
 // keys, query i sits at key position i + (Lk - Lq), so the last query sees the
 // last key (decoding with a cache). The builders below call the key block that
@@ -52,6 +55,11 @@ class BlockLayout {
   static BlockLayout from_predicate(const LayoutGeometry& geometry, int64_t heads,
                                     const std::function<bool(int64_t, int64_t, int64_t)>& present);
 
+  // Index arrays already built (on any device), int32: rows of batches * heads heads,
+  // laid out as above. Only the sizes are checked (the arrays may be on the GPU).
+  static BlockLayout from_arrays(const LayoutGeometry& geometry, int64_t batches, int64_t heads, Tensor row_offsets,
+                                 Tensor column_indices, Tensor column_offsets, Tensor row_indices);
+
   bool defined() const { return row_offsets_.defined(); }
   const LayoutGeometry& geometry() const { return geometry_; }
   int64_t block_size() const { return geometry_.block_size; }
@@ -60,8 +68,14 @@ class BlockLayout {
   int64_t query_blocks() const { return geometry_.query_blocks(); }
   int64_t key_blocks() const { return geometry_.key_blocks(); }
   int64_t heads() const { return heads_; }
-  int64_t present_blocks() const;  // over all heads
-  double density() const;          // present_blocks / (heads * query_blocks * key_blocks)
+  int64_t batches() const { return batches_; }
+  int64_t present_blocks() const;  // over all heads and batches
+  double density() const;          // present_blocks / (batches * heads * query_blocks * key_blocks)
+  // The same arrays read as batches * heads heads of one batch, and back: a layout of
+  // B batches of H heads for q (B, H, L, d) is a layout of B * H heads for q viewed
+  // as (1, B * H, L, d), which is how block_sparse_attention runs it.
+  BlockLayout fold_batches() const;
+  BlockLayout with_batches(int64_t batches) const;
 
   // CSR, int32: row_offsets (heads * query_blocks + 1); the key blocks of row
   // r = head * query_blocks + query_block are column_indices[row_offsets[r] ..
@@ -75,8 +89,8 @@ class BlockLayout {
   const Tensor& row_indices() const { return row_indices_; }
 
   // Host copies of one row or column (any device).
-  std::vector<int32_t> key_blocks_of(int64_t head, int64_t query_block) const;
-  std::vector<int32_t> query_blocks_of(int64_t head, int64_t key_block) const;
+  std::vector<int32_t> key_blocks_of(int64_t head, int64_t query_block, int64_t batch = 0) const;
+  std::vector<int32_t> query_blocks_of(int64_t head, int64_t key_block, int64_t batch = 0) const;
 
   Device device() const { return row_offsets_.device(); }
   // The same layout with its index arrays on `device` (itself when already there).
@@ -87,6 +101,7 @@ class BlockLayout {
  private:
   LayoutGeometry geometry_;
   int64_t heads_ = 0;
+  int64_t batches_ = 1;
   Tensor row_offsets_, column_indices_, column_offsets_, row_indices_;
 };
 
@@ -129,6 +144,55 @@ BlockLayout s2_layout(const LayoutGeometry& geometry, int64_t heads, int64_t loc
 // i - dilation, ... that exist.
 BlockLayout neighborhood_layout(const LayoutGeometry& geometry, int64_t window_blocks, int64_t dilation = 1,
                                 bool causal = false);
+// 2-D neighborhood attention (NATTEN, arXiv 2403.04690) over tokens laid out row-major
+// on a height x width grid (Lq == Lk == height * width; token t sits at row t / width,
+// column t % width). Query (r, c) attends the window_h x window_w keys (r', c') with
+// r' in rows(r) and c' in columns(c), where along an axis of n positions, window w
+// and dilation d, position i sees the w positions of its dilation group (those equal
+// to i mod d) starting at group index clamp(i / d - w / 2, 0, group size - w): centred
+// where possible, shifted (not shrunk) at the borders, so every query has exactly
+// window_h * window_w keys (for odd windows this is NATTEN's window start).
+// Requires window * dilation <= n along each axis. Not causal.
+//
+// The layout holds, for each query block, every key block that contains a key of
+// any of its queries; inside those blocks the pattern is finer than a block, so the
+// exact attention is the layout plus neighborhood_2d_mask as the attention bias.
+BlockLayout neighborhood_2d_layout(const LayoutGeometry& geometry, int64_t height, int64_t width, int64_t window_h,
+                                   int64_t window_w, int64_t dilation_h = 1, int64_t dilation_w = 1);
+// The same pattern element by element: float32 (height * width, height * width), 0 where
+// query row i sees key column j and -inf elsewhere, on the CPU. Pass it (moved to q's
+// device once) as AttentionOptions::bias with the layout above; it broadcasts over
+// batch and heads.
+Tensor neighborhood_2d_mask(int64_t height, int64_t width, int64_t window_h, int64_t window_w, int64_t dilation_h = 1,
+                            int64_t dilation_w = 1);
+
+// Top-k block selection computed from the inputs (NSA / MoBA; SSA's sparse branch),
+// on the device of q, not differentiated. q (batch, heads, Lq, d), k (batch, kv_heads,
+// Lk, d), float32 or float64 on the CPU, float32, bfloat16 or float16 on CUDA. Each
+// query block and each key block is mean-pooled (over its positions; the last block
+// may be shorter); the score of key block j for query block i is pooled_q_i .
+// pooled_k_j, and query block i keeps its diagonal block d(i) (and block 0 with
+// keep_first), plus the highest-scoring other visible key blocks (causal: j <= d(i))
+// up to top_k blocks in all (ties go to the lower block index). With share_by_group
+// the pooled query is also averaged over the query heads of each kv head, so the heads
+// of a group select the same blocks (NSA's GQA-shared selection); else each query
+// head selects its own. Returns batch batches of `heads` heads, CSR and CSC, on q's
+// device; pass it to block_sparse_attention with the same q, k.
+//
+// Under causal attention the pooled query of a block also averages the block's later
+// queries, so the choice of blocks for a query depends on later positions of its own
+// block (as block-level selection does in MoBA-style kernels). No gradient flows
+// through the choice, so training cannot learn to use it; the attention itself stays
+// causal.
+struct TopKBlockOptions {
+  int64_t block_size = 64;  // 64 or 128
+  int64_t top_k = 4;        // blocks per query block, >= 1 + keep_first
+  bool causal = true;
+  bool keep_first = false;  // always keep key block 0 (an attention sink)
+  bool share_by_group = true;
+};
+BlockLayout topk_block_layout(const Tensor& q, const Tensor& k, const TopKBlockOptions& options);
+
 // The blocks present in a or b. The geometries must match; a one-head layout is
 // repeated over the heads of the other.
 BlockLayout union_layouts(const BlockLayout& a, const BlockLayout& b);

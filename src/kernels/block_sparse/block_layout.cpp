@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <iterator>
+#include <utility>
 
 namespace strata::kernels {
 
@@ -90,26 +91,73 @@ BlockLayout BlockLayout::from_predicate(const LayoutGeometry& geometry, int64_t 
   return from_lists(geometry, lists);
 }
 
+BlockLayout BlockLayout::from_arrays(const LayoutGeometry& geometry, int64_t batches, int64_t heads,
+                                     Tensor row_offsets, Tensor column_indices, Tensor column_offsets,
+                                     Tensor row_indices) {
+  const char* op = "BlockLayout::from_arrays";
+  check_geometry(op, geometry);
+  check_positive(op, "batches", batches);
+  check_positive(op, "heads", heads);
+  const int64_t rows = batches * heads * geometry.query_blocks(), columns = batches * heads * geometry.key_blocks();
+  for (const Tensor* t : {&row_offsets, &column_indices, &column_offsets, &row_indices})
+    STRATA_CHECK(t->defined() && t->dim() == 1 && t->dtype() == DType::Int32 && t->is_contiguous() &&
+                     t->device() == row_offsets.device(),
+                 "{}: index arrays must be contiguous 1-D int32 tensors on one device, got {}", op, t->str());
+  STRATA_CHECK(row_offsets.numel() == rows + 1 && column_offsets.numel() == columns + 1 &&
+                   row_indices.numel() == column_indices.numel(),
+               "{}: row_offsets {} and column_offsets {} must have {} and {} entries, row_indices {} as many as "
+               "column_indices {}",
+               op, row_offsets.str(), column_offsets.str(), rows + 1, columns + 1, row_indices.str(),
+               column_indices.str());
+  BlockLayout layout;
+  layout.geometry_ = geometry;
+  layout.heads_ = heads;
+  layout.batches_ = batches;
+  layout.row_offsets_ = std::move(row_offsets);
+  layout.column_indices_ = std::move(column_indices);
+  layout.column_offsets_ = std::move(column_offsets);
+  layout.row_indices_ = std::move(row_indices);
+  return layout;
+}
+
+BlockLayout BlockLayout::fold_batches() const {
+  BlockLayout folded = *this;
+  folded.heads_ = batches_ * heads_;
+  folded.batches_ = 1;
+  return folded;
+}
+
+BlockLayout BlockLayout::with_batches(int64_t batches) const {
+  STRATA_CHECK(defined() && batches > 0 && (batches_ * heads_) % batches == 0,
+               "BlockLayout::with_batches: {} cannot be read as {} batches", str(), batches);
+  BlockLayout split = *this;
+  split.heads_ = batches_ * heads_ / batches;
+  split.batches_ = batches;
+  return split;
+}
+
 int64_t BlockLayout::present_blocks() const { return defined() ? column_indices_.numel() : 0; }
 
 double BlockLayout::density() const {
   if (!defined()) return 0.0;
-  return static_cast<double>(present_blocks()) / static_cast<double>(heads_ * query_blocks() * key_blocks());
+  return static_cast<double>(present_blocks()) / static_cast<double>(batches_ * heads_ * query_blocks() * key_blocks());
 }
 
-std::vector<int32_t> BlockLayout::key_blocks_of(int64_t head, int64_t query_block) const {
-  STRATA_CHECK(defined() && head >= 0 && head < heads_ && query_block >= 0 && query_block < query_blocks(),
-               "BlockLayout: no row (head {}, query block {}) in {}", head, query_block, str());
+std::vector<int32_t> BlockLayout::key_blocks_of(int64_t head, int64_t query_block, int64_t batch) const {
+  STRATA_CHECK(defined() && head >= 0 && head < heads_ && query_block >= 0 && query_block < query_blocks() &&
+                   batch >= 0 && batch < batches_,
+               "BlockLayout: no row (batch {}, head {}, query block {}) in {}", batch, head, query_block, str());
   std::vector<int32_t> offsets = row_offsets_.to_vector<int32_t>(), columns = column_indices_.to_vector<int32_t>();
-  int64_t row = head * query_blocks() + query_block;
+  int64_t row = (batch * heads_ + head) * query_blocks() + query_block;
   return {columns.begin() + offsets[row], columns.begin() + offsets[row + 1]};
 }
 
-std::vector<int32_t> BlockLayout::query_blocks_of(int64_t head, int64_t key_block) const {
-  STRATA_CHECK(defined() && head >= 0 && head < heads_ && key_block >= 0 && key_block < key_blocks(),
-               "BlockLayout: no column (head {}, key block {}) in {}", head, key_block, str());
+std::vector<int32_t> BlockLayout::query_blocks_of(int64_t head, int64_t key_block, int64_t batch) const {
+  STRATA_CHECK(defined() && head >= 0 && head < heads_ && key_block >= 0 && key_block < key_blocks() && batch >= 0 &&
+                   batch < batches_,
+               "BlockLayout: no column (batch {}, head {}, key block {}) in {}", batch, head, key_block, str());
   std::vector<int32_t> offsets = column_offsets_.to_vector<int32_t>(), rows = row_indices_.to_vector<int32_t>();
-  int64_t column = head * key_blocks() + key_block;
+  int64_t column = (batch * heads_ + head) * key_blocks() + key_block;
   return {rows.begin() + offsets[column], rows.begin() + offsets[column + 1]};
 }
 
@@ -125,9 +173,10 @@ BlockLayout BlockLayout::to(Device device) const {
 
 std::string BlockLayout::str() const {
   if (!defined()) return "block layout: undefined";
-  return fmt::format("block layout: {} head{}, {} x {} blocks of {} (Lq = {}, Lk = {}), density {:.4g} on {}", heads_,
-                     heads_ == 1 ? "" : "s", query_blocks(), key_blocks(), block_size(), query_length(), key_length(),
-                     density(), device().str());
+  return fmt::format("block layout: {}{} head{}, {} x {} blocks of {} (Lq = {}, Lk = {}), density {:.4g} on {}",
+                     batches_ == 1 ? "" : fmt::format("{} batches of ", batches_), heads_, heads_ == 1 ? "" : "s",
+                     query_blocks(), key_blocks(), block_size(), query_length(), key_length(), density(),
+                     device().str());
 }
 
 // ---- builders ---------------------------------------------------------------------
@@ -221,6 +270,8 @@ BlockLayout neighborhood_layout(const LayoutGeometry& geometry, int64_t window_b
 BlockLayout union_layouts(const BlockLayout& a, const BlockLayout& b) {
   const char* op = "union_layouts";
   STRATA_CHECK(a.defined() && b.defined(), "{}: a layout is undefined", op);
+  STRATA_CHECK(a.batches() == 1 && b.batches() == 1, "{}: per-batch layouts are not supported: {} and {}", op,
+               a.str(), b.str());
   const LayoutGeometry& g = a.geometry();
   STRATA_CHECK(g.query_length == b.query_length() && g.key_length == b.key_length() && g.block_size == b.block_size(),
                "{}: geometries differ: {} and {}", op, a.str(), b.str());
