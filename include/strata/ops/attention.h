@@ -72,4 +72,20 @@ AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v, con
 AttentionResult block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                        const kernels::BlockLayout& layout, const AttentionOptions& options = {});
 
+// Trainable dynamic mask attention (DMA, arXiv 2508.02124), causal. key_bias
+// (batch, kv_heads, Lk) is one logit bias per key of each kv head, shared by every
+// query (the model forms it from the values: A_h softplus(dt)). Query i keeps, among
+// the keys causally visible to it (j <= i + Lk - Lq), the keep_window keys of largest
+// bias (ties go to the lower index) and drops the others:
+//
+//   out_i = sum_{j kept by i} exp(s_ij - lse_i) v_j,   s_ij = scale q_i . k_j + key_bias_j
+//
+// Gradients reach q, k, v and key_bias (the sum of dS over the queries and the
+// heads of the group); the selection itself is not differentiated. Key tiles that
+// no query of a query tile keeps are skipped in both passes. keep_window >= Lk is
+// dense causal attention with the bias added. Dtypes as ops::attention; key_bias may
+// be any float dtype (used in float32, or float64 for float64 q).
+Tensor dynamic_mask_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_bias,
+                              int64_t keep_window, std::optional<double> scale = std::nullopt);
+
 }  // namespace strata::ops

@@ -82,6 +82,36 @@ struct AttentionBias {
   }
 };
 
+// Dynamic mask attention (DMA, arXiv 2508.02124; ops::dynamic_mask_attention): a bias
+// per (batch, kv head, key), the same for every query, and a keep mask given per key
+// as the range of queries that keep it. Query i "ends" at key position
+// e_i = i + Lk - Lq (the causal alignment); key j is kept by query i when
+//   j <= e_i < keep_end[j]
+// so the kept keys of a query are causally visible (causal must be set). keep_end
+// comes from kernels/dynamic_mask/ (top-w keys of each prefix by bias): a key stays
+// in the top w of a growing prefix until w better keys have arrived, so its
+// queries are one range. block_keep_end holds the maximum of keep_end over each
+// block of kKeepEndBlock keys: a tile of keys is skipped by every query whose
+// e_i >= that maximum.
+constexpr int64_t kKeepEndBlock = 32;
+
+template <class Acc>
+struct AttentionKeyMask {
+  const Acc* bias = nullptr;              // (batch, kv_heads, Lk); null: no dynamic mask
+  const int32_t* keep_end = nullptr;      // (batch, kv_heads, Lk)
+  const int32_t* block_keep_end = nullptr;  // (batch, kv_heads, ceil(Lk / kKeepEndBlock))
+
+  STRATA_HOST_DEVICE bool active() const { return bias != nullptr; }
+  // Index of key j of kv head `kv_head` in the (batch, kv_heads, Lk) arrays.
+  STRATA_HOST_DEVICE int64_t at(const AttentionSizes& s, int64_t b, int64_t kv_head, int64_t j) const {
+    return (b * s.kv_heads + kv_head) * s.length_k + j;
+  }
+  STRATA_HOST_DEVICE bool kept(const AttentionSizes& s, int64_t b, int64_t kv_head, int64_t i, int64_t j) const {
+    const int64_t end = i + s.causal_offset();
+    return j <= end && end < keep_end[at(s, b, kv_head, j)];
+  }
+};
+
 template <class Value, class Acc>
 struct AttentionInputs {
   const Value* q = nullptr;
@@ -89,6 +119,7 @@ struct AttentionInputs {
   const Value* v = nullptr;
   AttentionBias<Acc> bias;
   const Acc* sinks = nullptr;  // (heads) or null
+  AttentionKeyMask<Acc> key_mask;
 };
 
 // dq, dk and dv are assigned. dbias is null when the bias needs no gradient; else the
@@ -99,6 +130,10 @@ struct AttentionGrads {
   Value* dk = nullptr;
   Value* dv = nullptr;
   Acc* dbias = nullptr;
+  // With a key mask: d key_bias (batch, kv_heads, Lk) = the sum of dS over the
+  // queries and the heads of the group, assigned (no zeroing needed); null when
+  // the key bias needs no gradient.
+  Acc* dkey_bias = nullptr;
 };
 
 }  // namespace strata::kernels

@@ -53,7 +53,10 @@ T dot(const T* a, const T* b, int64_t n) {
   return total;
 }
 
-// Index helpers for one (batch b, query head h): rows of q, k, v and the score.
+constexpr double kNegativeInfinity = -std::numeric_limits<double>::infinity();
+
+// Index helpers for one (batch b, query head h): rows of q, k, v and the score
+// (-inf for a key the dynamic key mask drops).
 template <class T>
 struct Head {
   const AttentionSizes& s;
@@ -68,12 +71,14 @@ struct Head {
   const T* k(int64_t j) const { return in.k + key_row(j); }
   const T* v(int64_t j) const { return in.v + key_row(j); }
   T score(int64_t i, int64_t j) const {
+    const AttentionKeyMask<T>& mask = in.key_mask;
+    if (mask.active() && !mask.kept(s, b, kv_head(), i, j)) return static_cast<T>(kNegativeInfinity);
     T value = static_cast<T>(s.scale) * dot(q(i), k(j), s.head_dim);
-    return in.bias.data ? value + in.bias.at(b, h, i, j) : value;
+    if (in.bias.data) value += in.bias.at(b, h, i, j);
+    if (mask.active()) value += mask.bias[mask.at(s, b, kv_head(), j)];
+    return value;
   }
 };
-
-constexpr double kNegativeInfinity = -std::numeric_limits<double>::infinity();
 
 }  // namespace
 
@@ -159,6 +164,7 @@ void attention_backward_cpu(const AttentionSizes& s, const AttentionBlocks& bloc
     T* dv = grads.dv + r * D;
     std::fill(dk, dk + D, T(0));
     std::fill(dv, dv + D, T(0));
+    T key_bias_grad = 0;  // the key mask's bias is shared by every query of every head of the group
     for (int64_t h = kv_head * s.group(); h < (kv_head + 1) * s.group(); ++h) {
       const Head<T> head{s, in, b, h};
       for_each_query_run(s, blocks, h, j, [&](int64_t begin, int64_t end) {
@@ -168,6 +174,7 @@ void attention_backward_cpu(const AttentionSizes& s, const AttentionBlocks& bloc
           const T* dout = grad_out + head.query_row(i);
           T p = std::exp(head.score(i, j) - row_lse);
           T ds = p * (dot(dout, head.v(j), D) - delta[head.stat(i)]);
+          key_bias_grad += ds;
           const T* q = head.q(i);
           for (int64_t d = 0; d < D; ++d) {
             dv[d] += p * dout[d];
@@ -177,6 +184,7 @@ void attention_backward_cpu(const AttentionSizes& s, const AttentionBlocks& bloc
       });
     }
     for (int64_t d = 0; d < D; ++d) dk[d] *= scale;
+    if (grads.dkey_bias) grads.dkey_bias[r] = key_bias_grad;
   }
 }
 

@@ -32,6 +32,13 @@
 //
 // Both backward passes read delta_i = dO_i . O_i - dlse_i from a row kernel that
 // runs first, and recompute P from the saved lse (never stored).
+//
+// Dynamic key mask (DMA, AttentionKeyMask): the walks also skip the key tiles whose
+// largest keep_end (block_keep_end, per 32 keys) is at or before the first query's
+// end, and the query tiles after the last query that keeps any key of the tile;
+// inside a visited tile the dropped keys are masked per element like causal ones.
+// Its bias gradient is summed over the query rows in registers, then over the
+// warps of the key tile in shared memory, and written once per key.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -82,10 +89,17 @@ struct KeyTileWalk {
   const int32_t* column_indices;  // null: dense
   int64_t key_tiles, last_key, begin = 0, count = 0;
   int tiles_per_block = 1;
+  const int32_t* block_keep_end = nullptr;  // this (batch, kv head)'s, with a key mask
+  int64_t keep_blocks = 0, first_end = 0;
 
   __device__ KeyTileWalk(const AttentionSizes& s, const AttentionBlocks& b, int64_t h, int64_t first_row,
-                         int64_t last_row)
+                         int64_t last_row, const AttentionKeyMask<float>& mask, int64_t batch)
       : column_indices(b.sparse() ? b.column_indices : nullptr) {
+    if (mask.active()) {
+      keep_blocks = (s.length_k + kKeepEndBlock - 1) / kKeepEndBlock;
+      block_keep_end = mask.block_keep_end + (batch * s.kv_heads + h / s.group()) * keep_blocks;
+      first_end = first_row + s.causal_offset();
+    }
     key_tiles = (s.length_k + kTile - 1) / kTile;
     last_key = s.causal ? min(s.length_k - 1, last_row + s.causal_offset()) : s.length_k - 1;
     if (b.sparse()) {
@@ -101,7 +115,14 @@ struct KeyTileWalk {
     const int64_t t = column_indices
                           ? int64_t{column_indices[begin + n / tiles_per_block]} * tiles_per_block + n % tiles_per_block
                           : n;
-    return t >= key_tiles || t * kTile > last_key ? -1 : t;
+    if (t >= key_tiles || t * kTile > last_key) return -1;
+    if (block_keep_end) {  // skipped when every key of the tile is dropped before the first row's end
+      int32_t keep_end = 0;
+      for (int64_t k = t * (kTile / kKeepEndBlock); k < min(keep_blocks, (t + 1) * (kTile / kKeepEndBlock)); ++k)
+        keep_end = max(keep_end, block_keep_end[k]);
+      if (keep_end <= first_end) return -1;
+    }
+    return t;
   }
   // The first item at or after n that is not skipped, or count.
   __device__ int64_t next(int64_t n) const {
@@ -116,12 +137,22 @@ template <int kTile>
 struct QueryTileWalk {
   const int32_t* row_indices;  // null: dense
   int64_t query_tiles, first_row, begin = 0, count = 0;
+  int64_t last_row = INT64_MAX;  // with a key mask: the last row that keeps a key of the tile
   int tiles_per_block = 1;
 
-  __device__ QueryTileWalk(const AttentionSizes& s, const AttentionBlocks& b, int64_t h, int64_t first_key)
+  __device__ QueryTileWalk(const AttentionSizes& s, const AttentionBlocks& b, int64_t h, int64_t first_key,
+                           const AttentionKeyMask<float>& mask, int64_t batch)
       : row_indices(b.sparse() ? b.row_indices : nullptr) {
     query_tiles = (s.length_q + kTile - 1) / kTile;
     first_row = s.causal ? max(int64_t{0}, first_key - s.causal_offset()) : 0;  // the first row that sees first_key
+    if (mask.active()) {
+      const int64_t keep_blocks = (s.length_k + kKeepEndBlock - 1) / kKeepEndBlock;
+      const int32_t* block_keep_end = mask.block_keep_end + (batch * s.kv_heads + h / s.group()) * keep_blocks;
+      int32_t keep_end = 0;
+      for (int64_t k = first_key / kKeepEndBlock; k < min(keep_blocks, (first_key + kTile) / kKeepEndBlock); ++k)
+        keep_end = max(keep_end, block_keep_end[k]);
+      last_row = keep_end - 1 - s.causal_offset();
+    }
     if (b.sparse()) {
       tiles_per_block = static_cast<int>(b.block_size / kTile);
       const int64_t column = b.column(h, first_key / b.block_size);
@@ -134,12 +165,20 @@ struct QueryTileWalk {
   __device__ int64_t tile(int64_t n) const {
     const int64_t t =
         row_indices ? int64_t{row_indices[begin + n / tiles_per_block]} * tiles_per_block + n % tiles_per_block : n;
-    return t >= query_tiles || (t + 1) * kTile <= first_row ? -1 : t;
+    return t >= query_tiles || (t + 1) * kTile <= first_row || t * kTile > last_row ? -1 : t;
   }
 };
 
 __device__ __forceinline__ bool causally_visible(const AttentionSizes& s, int64_t i, int64_t j) {
   return !s.causal || j <= i + s.causal_offset();
+}
+
+// The score of an entry (key j < Lk, row i < Lq) that is visible otherwise, with the
+// dynamic key mask: x plus the key's bias where row i keeps key j, else -inf.
+__device__ __forceinline__ float key_masked(const AttentionSizes& s, const AttentionKeyMask<float>& mask, int64_t b,
+                                            int64_t kv_head, int64_t i, int64_t j, float x, float bias_scale) {
+  if (!mask.active()) return x;
+  return mask.kept(s, b, kv_head, i, j) ? x + mask.bias[mask.at(s, b, kv_head, j)] * bias_scale : -INFINITY;
 }
 
 // ---- delta and the dQ conversion (both paths) ------------------------------------------
@@ -293,7 +332,7 @@ __global__ void __launch_bounds__(kFastForwardThreads)
   // This thread's two rows: g and g + 8 of the warp's 16.
   const int64_t rows[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};
 
-  const KeyTileWalk<kFastTile> walk(s, blocks, h, row0, min(row0 + kFastTile - 1, s.length_q - 1));
+  const KeyTileWalk<kFastTile> walk(s, blocks, h, row0, min(row0 + kFastTile - 1, s.length_q - 1), in.key_mask, b);
   int64_t n = walk.next(0);
   load_tile_async<T, kD, kFastTile>(q_tile, q, row0, s.length_q);
   if (n < walk.count) load_tile_async<T, kD, kFastTile>(k_tile, k, walk.tile(n) * kFastTile, s.length_k);
@@ -334,8 +373,8 @@ __global__ void __launch_bounds__(kFastForwardThreads)
     }
 
     // Scale, bias and mask, in log2 units.
-    const bool needs_mask =
-        key0 + kFastTile > s.length_k || (s.causal && key0 + kFastTile - 1 > row0 + warp * 16 + s.causal_offset());
+    const bool needs_mask = in.key_mask.active() || key0 + kFastTile > s.length_k ||
+                            (s.causal && key0 + kFastTile - 1 > row0 + warp * 16 + s.causal_offset());
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
@@ -343,7 +382,10 @@ __global__ void __launch_bounds__(kFastForwardThreads)
         const int64_t i = rows[e / 2], j = key0 + nt * 8 + 2 * t + e % 2;
         float x = scores[nt][e] * scale_log2;
         if (in.bias.data && i < s.length_q && j < s.length_k) x += in.bias.at(b, h, i, j) * kLog2e;
-        if (needs_mask && (j >= s.length_k || !causally_visible(s, i, j))) x = -INFINITY;
+        if (needs_mask && (j >= s.length_k || !causally_visible(s, i, j)))
+          x = -INFINITY;
+        else if (i < s.length_q)
+          x = key_masked(s, in.key_mask, b, kv_head, i, j, x, kLog2e);
         scores[nt][e] = x;
       }
     }
@@ -422,7 +464,7 @@ template <class T, int kD>
 __global__ void __launch_bounds__(kFastBackwardThreads)
     attention_backward_fast_kernel(AttentionSizes s, AttentionBlocks blocks, AttentionInputs<void, float> in,
                                    const T* grad_out, const float* lse, const float* delta, float* dq_accumulator,
-                                   T* dk, T* dv, float* dbias) {
+                                   T* dk, T* dv, float* dbias, float* grads_key_bias) {
   constexpr int kStride = kD + kPad, kScoreStride = kFastTile + kPad;
   constexpr int kHalf = kD / 2;  // the head_dim columns of dK, dV and dQ one warp owns
   extern __shared__ __align__(16) unsigned char shared_bytes[];
@@ -452,12 +494,15 @@ __global__ void __launch_bounds__(kFastBackwardThreads)
   for (int nt = 0; nt < kHalf / 8; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dv_acc[nt][e] = dk_acc[nt][e] = 0.f;
+  // Key-mask bias gradient: this thread's dS summed over its rows, for its keys
+  // half * 32 + nt * 8 + 2t + c (c = 0, 1).
+  float key_bias_grad[4][2] = {{0.f, 0.f}, {0.f, 0.f}, {0.f, 0.f}, {0.f, 0.f}};
 
   for (int64_t h = kv_head * s.group(); h < (kv_head + 1) * s.group(); ++h) {
     const int64_t bh = b * s.heads + h;
     const T* q = static_cast<const T*>(in.q) + bh * s.length_q * kD;
     const T* dout = grad_out + bh * s.length_q * kD;
-    const QueryTileWalk<kFastTile> walk(s, blocks, h, key0);
+    const QueryTileWalk<kFastTile> walk(s, blocks, h, key0, in.key_mask, b);
     for (int64_t n = 0; n < walk.count; ++n) {
       const int64_t query_tile = walk.tile(n);
       if (query_tile < 0) continue;
@@ -508,9 +553,11 @@ __global__ void __launch_bounds__(kFastBackwardThreads)
           const bool inside = i < s.length_q && j < s.length_k;
           float x = scores[nt][e] * scale_log2;
           if (in.bias.data && inside) x += in.bias.at(b, h, i, j) * kLog2e;
+          if (inside) x = key_masked(s, in.key_mask, b, kv_head, i, j, x, kLog2e);
           const float p = j < s.length_k && causally_visible(s, i, j) ? exp2f(x - lse_tile[r]) : 0.f;
           const float ds = p * (dp[nt][e] - delta_tile[r]);
           if (dbias && inside) dbias[(bh * s.length_q + i) * s.length_k + j] = ds;
+          key_bias_grad[nt][e % 2] += ds;
           scores[nt][e] = p;
           dp[nt][e] = ds;
         }
@@ -566,6 +613,26 @@ __global__ void __launch_bounds__(kFastBackwardThreads)
         }
       }
     }
+  }
+
+  if (grads_key_bias) {
+    // Sum over the 8 row groups g of the warp (lanes with the same t), then over the
+    // 4 warps of each half in shared memory (lse_tile is free now).
+    float* key_sums = lse_tile;
+    __syncthreads();
+    if (threadIdx.x < kFastTile) key_sums[threadIdx.x] = 0.f;
+    __syncthreads();
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        float total = key_bias_grad[nt][c];
+        for (int offset = 4; offset < 32; offset *= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
+        if (g == 0) atomicAdd(key_sums + half * 32 + nt * 8 + 2 * t + c, total);
+      }
+    __syncthreads();
+    if (threadIdx.x < kFastTile && key0 + threadIdx.x < s.length_k)
+      grads_key_bias[(b * s.kv_heads + kv_head) * s.length_k + key0 + threadIdx.x] = key_sums[threadIdx.x];
   }
 
   // dK (scaled) and dV for keys 16 slice .. +15 of this tile.
@@ -657,7 +724,8 @@ __global__ void __launch_bounds__(kGenericThreads)
 #pragma unroll
   for (int m = 0; m < kMaxColumnsPerLane; ++m) acc[m] = 0.f;
 
-  const KeyTileWalk<kGenericTile> walk(s, blocks, h, row0, min(row0 + kGenericTile - 1, s.length_q - 1));
+  const KeyTileWalk<kGenericTile> walk(s, blocks, h, row0, min(row0 + kGenericTile - 1, s.length_q - 1),
+                                       in.key_mask, b);
   for (int64_t n = walk.next(0); n < walk.count; n = walk.next(n + 1)) {
     const int64_t key0 = walk.tile(n) * kGenericTile;
     __syncthreads();  // every thread is done with the previous K, V and P
@@ -674,6 +742,7 @@ __global__ void __launch_bounds__(kGenericThreads)
       if (i < s.length_q && j < s.length_k && causally_visible(s, i, j)) {
         x = scale * dot_shared(q_tile + row * stride, k_tile + c * stride, D);
         if (in.bias.data) x += in.bias.at(b, h, i, j);
+        x = key_masked(s, in.key_mask, b, kv_head, i, j, x, 1.f);
       }
       scores[m] = x;
       tile_max = fmaxf(tile_max, x);
@@ -717,7 +786,7 @@ template <class T>
 __global__ void __launch_bounds__(kGenericThreads)
     attention_backward_generic_kernel(AttentionSizes s, AttentionBlocks blocks, AttentionInputs<void, float> in,
                                       const T* grad_out, const float* lse, const float* delta, float* dq_accumulator,
-                                      T* dk, T* dv, float* dbias) {
+                                      T* dk, T* dv, float* dbias, float* grads_key_bias) {
   extern __shared__ float shared[];
   const int D = static_cast<int>(s.head_dim), stride = D + 1;
   float* k_tile = shared;
@@ -741,12 +810,13 @@ __global__ void __launch_bounds__(kGenericThreads)
   float dk_acc[kMaxColumnsPerLane], dv_acc[kMaxColumnsPerLane];
 #pragma unroll
   for (int m = 0; m < kMaxColumnsPerLane; ++m) dk_acc[m] = dv_acc[m] = 0.f;
+  float key_bias_grad = 0.f;  // this thread's key, its rows lane, lane + 8, ...
 
   for (int64_t h = kv_head * s.group(); h < (kv_head + 1) * s.group(); ++h) {
     const int64_t bh = b * s.heads + h;
     const T* q = static_cast<const T*>(in.q) + bh * s.length_q * D;
     const T* dout = grad_out + bh * s.length_q * D;
-    const QueryTileWalk<kGenericTile> walk(s, blocks, h, key0);
+    const QueryTileWalk<kGenericTile> walk(s, blocks, h, key0, in.key_mask, b);
     for (int64_t n = 0; n < walk.count; ++n) {
       const int64_t query_tile = walk.tile(n);
       if (query_tile < 0) continue;
@@ -770,9 +840,11 @@ __global__ void __launch_bounds__(kGenericThreads)
         if (i < s.length_q && j < s.length_k && causally_visible(s, i, j) && lse_tile[r] != -INFINITY) {
           float x = scale * dot_shared(q_tile + r * stride, k_tile + key * stride, D);
           if (in.bias.data) x += in.bias.at(b, h, i, j);
+          x = key_masked(s, in.key_mask, b, kv_head, i, j, x, 1.f);
           p = expf(x - lse_tile[r]);
           ds = p * (dot_shared(do_tile + r * stride, v_tile + key * stride, D) - delta_tile[r]);
           if (dbias) dbias[(bh * s.length_q + i) * s.length_k + j] = ds;
+          key_bias_grad += ds;
         }
         p_tile[r * kGenericScoreStride + key] = p;
         ds_tile[r * kGenericScoreStride + key] = ds;
@@ -803,7 +875,9 @@ __global__ void __launch_bounds__(kGenericThreads)
     }
   }
 
+  key_bias_grad = row_sum8(key_bias_grad);  // every lane takes part in the shuffles
   if (j >= s.length_k) return;
+  if (grads_key_bias && lane == 0) grads_key_bias[(b * s.kv_heads + kv_head) * s.length_k + j] = key_bias_grad;
   const int64_t offset = ((b * s.kv_heads + kv_head) * s.length_k + j) * D;
 #pragma unroll
   for (int m = 0; m < kMaxColumnsPerLane; ++m) {
@@ -843,7 +917,7 @@ __global__ void attention_probabilities_kernel(AttentionSizes s, AttentionBlocks
       for (int d = 0; d < D; ++d) dot += to_float(q[d]) * to_float(k[d]);
       float x = static_cast<float>(s.scale) * dot;
       if (in.bias.data) x += in.bias.at(b, h, i, j);
-      p = expf(x - lse[row]);
+      p = expf(key_masked(s, in.key_mask, b, kv_head, i, j, x, 1.f) - lse[row]);
     }
     probabilities[e] = p;
   }
@@ -900,7 +974,8 @@ void launch_backward_fast(const AttentionSizes& s, const AttentionBlocks& blocks
   dim3 grid(static_cast<unsigned>(s.batch * s.kv_heads), static_cast<unsigned>(tiles));
   kernel<<<grid, kFastBackwardThreads, bytes, cuda::stream()>>>(s, blocks, in, static_cast<const T*>(grad_out), lse,
                                                                 delta, dq_accumulator, static_cast<T*>(grads.dk),
-                                                                static_cast<T*>(grads.dv), grads.dbias);
+                                                                static_cast<T*>(grads.dv), grads.dbias,
+                                                                grads.dkey_bias);
   STRATA_CUDA_CHECK_LAUNCH("attention_backward_fast_kernel");
 }
 
@@ -959,7 +1034,7 @@ void launch_backward(const AttentionSizes& s, const AttentionBlocks& blocks, con
     dim3 grid(static_cast<unsigned>(s.batch * s.kv_heads), static_cast<unsigned>(tiles));
     attention_backward_generic_kernel<T><<<grid, kGenericThreads, bytes, cuda::stream()>>>(
         s, blocks, in, static_cast<const T*>(grad_out), lse, delta, dq_accumulator, static_cast<T*>(grads.dk),
-        static_cast<T*>(grads.dv), grads.dbias);
+        static_cast<T*>(grads.dv), grads.dbias, grads.dkey_bias);
     STRATA_CUDA_CHECK_LAUNCH("attention_backward_generic_kernel");
   }
 
