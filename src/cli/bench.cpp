@@ -156,6 +156,7 @@ void add_bench_command(CLI::App& app) {
   cmd->callback([cmd, options] {
     if (cmd->get_subcommands().empty()) bench(*options);
   });
+  add_bench_moe_command(*cmd);
 }
 
 }  // namespace strata::cli

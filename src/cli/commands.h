@@ -15,6 +15,8 @@ void add_bench_command(CLI::App& app);  // `bench` and its per-family subcommand
 void add_op_command(CLI::App& app);     // `op` and its per-family subcommands (src/cli/op*.cpp)
 void add_prepare_command(CLI::App& app);
 void add_plot_command(CLI::App& app);
+void add_bench_moe_command(CLI::App& bench);  // src/cli/bench_moe.cpp
+void add_op_moe_command(CLI::App& op);        // src/cli/op_moe.cpp
 void add_dist_commands(CLI::App& app);  // launch, bench-comm, rank flags of train/resume (src/cli/launch.cpp)
 
 }  // namespace strata::cli
