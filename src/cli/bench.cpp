@@ -157,6 +157,7 @@ void add_bench_command(CLI::App& app) {
     if (cmd->get_subcommands().empty()) bench(*options);
   });
   add_bench_moe_command(*cmd);
+  add_bench_attention_command(*cmd);
 }
 
 }  // namespace strata::cli

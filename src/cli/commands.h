@@ -17,6 +17,8 @@ void add_prepare_command(CLI::App& app);
 void add_plot_command(CLI::App& app);
 void add_bench_moe_command(CLI::App& bench);  // src/cli/bench_moe.cpp
 void add_op_moe_command(CLI::App& op);        // src/cli/op_moe.cpp
+void add_bench_attention_command(CLI::App& bench);  // src/cli/bench_attention.cpp
+void add_op_attention_command(CLI::App& op);        // src/cli/op_attention.cpp
 void add_dist_commands(CLI::App& app);  // launch, bench-comm, rank flags of train/resume (src/cli/launch.cpp)
 
 }  // namespace strata::cli

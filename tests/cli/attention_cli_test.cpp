@@ -1,0 +1,280 @@
+// `strata bench attention` and `strata op attention`, run as the built binary
+// (STRATA_BINARY) on the CPU: the bench prints a line per measurement and exports
+// its layouts; the op reads HDF5 inputs and writes the outputs and gradients that
+// ops::attention gives here for the same inputs.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "strata/checkpoint/h5file.h"
+#include "strata/kernels/block_layout.h"
+#include "strata/ops/attention.h"
+#include "support/check.h"
+
+namespace fs = std::filesystem;
+using namespace strata;
+
+namespace {
+
+struct Result {
+  int exit_code;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// A fresh folder per test case, removed at the end.
+struct Scratch {
+  fs::path path;
+  explicit Scratch(const std::string& name)
+      : path(fs::temp_directory_path() / fmt::format("strata-attention-cli-{}-{}", name, getpid())) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~Scratch() { fs::remove_all(path); }
+};
+
+Result run_strata(const std::string& arguments, const Scratch& scratch) {
+  const char* binary = std::getenv("STRATA_BINARY");
+  REQUIRE_MESSAGE(binary != nullptr, "STRATA_BINARY is not set (run through ctest)");
+  fs::path out = scratch.path / "stdout", err = scratch.path / "stderr";
+  std::string command = fmt::format("{} {} >{} 2>{}", binary, arguments, out.string(), err.string());
+  int status = std::system(command.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128, slurp(out), slurp(err)};
+}
+
+bool has_line_starting(const std::string& text, const std::string& start) {
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);)
+    if (line.rfind(start, 0) == 0) return true;
+  return false;
+}
+
+const char* const kLayouts[] = {"causal",
+                                "sliding(window=4)",
+                                "sliding(window=16)",
+                                "dilated(window=8,dilation=2)",
+                                "dilated(window=8,dilation=4)",
+                                "power(local=2,sinks=1)",
+                                "s2(local=4,stride=8)",
+                                "s2(local=4,stride=16)",
+                                "neighborhood(window=5)",
+                                "neighborhood(window=9,dilation=2)"};
+
+// Inputs of one op run, in float64 so that the binary and the test compute the same
+// numbers up to rounding.
+struct AttentionInputs {
+  Tensor q, k, v, bias, sinks, query_temperature, key_temperature, grad_out;
+};
+
+// Grouped-query (4 heads on 2 kv heads), lengths not a multiple of anything, a
+// broadcast bias, sinks and both temperatures: every input the file format has.
+AttentionInputs make_inputs(int64_t batch, int64_t query_length, int64_t key_length) {
+  AttentionInputs t;
+  t.q = testing::random({batch, 4, query_length, 8}, 1);
+  t.k = testing::random({batch, 2, key_length, 8}, 2);
+  t.v = testing::random({batch, 2, key_length, 8}, 3);
+  t.bias = testing::random({1, 4, 1, key_length}, 4);
+  t.sinks = testing::random({4}, 5);
+  t.query_temperature = testing::random({batch, 4, query_length}, 6, DType::Float64, 0.5, 1.5);
+  t.key_temperature = testing::random({batch, 2, key_length}, 7, DType::Float64, 0.5, 1.5);
+  t.grad_out = testing::random({batch, 4, query_length, 8}, 8);
+  return t;
+}
+
+void write_inputs(const fs::path& path, const AttentionInputs& t, bool causal, double scale) {
+  checkpoint::H5Writer writer(path.string());
+  writer.write_tensor("q", t.q);
+  writer.write_tensor("k", t.k);
+  writer.write_tensor("v", t.v);
+  writer.write_tensor("bias", t.bias);
+  writer.write_tensor("sinks", t.sinks);
+  writer.write_tensor("query_temperature", t.query_temperature);
+  writer.write_tensor("key_temperature", t.key_temperature);
+  writer.write_tensor("grad_out", t.grad_out);
+  writer.write_int("causal", causal ? 1 : 0);
+  writer.write_double("scale", scale);
+  writer.commit();
+}
+
+// out, lse and the gradient of every input, by ops::attention (or the block-sparse
+// op) in this process.
+std::map<std::string, Tensor> expected_outputs(const AttentionInputs& given, bool causal, double scale,
+                                               const kernels::BlockLayout* layout) {
+  std::map<std::string, Tensor> leaves{{"q", given.q.clone()},
+                                       {"k", given.k.clone()},
+                                       {"v", given.v.clone()},
+                                       {"bias", given.bias.clone()},
+                                       {"sinks", given.sinks.clone()},
+                                       {"query_temperature", given.query_temperature.clone()},
+                                       {"key_temperature", given.key_temperature.clone()}};
+  for (auto& [name, leaf] : leaves) leaf.set_requires_grad(true);
+  ops::AttentionOptions options;
+  options.causal = causal;
+  options.scale = scale;
+  options.bias = leaves["bias"];
+  options.sinks = leaves["sinks"];
+  options.query_temperature = leaves["query_temperature"];
+  options.key_temperature = leaves["key_temperature"];
+  options.return_lse = true;
+  ops::AttentionResult r =
+      layout ? ops::block_sparse_attention(leaves["q"], leaves["k"], leaves["v"], *layout, options)
+             : ops::attention(leaves["q"], leaves["k"], leaves["v"], options);
+  autograd::backward(r.out, given.grad_out);
+  std::map<std::string, Tensor> expected{{"out", r.out.detach()}, {"lse", r.lse.detach()}};
+  for (auto& [name, leaf] : leaves) expected["grad_" + name] = leaf.grad();
+  return expected;
+}
+
+void check_outputs(const fs::path& path, const std::map<std::string, Tensor>& expected) {
+  checkpoint::H5Reader reader(path.string());
+  for (const auto& [name, tensor] : expected) {
+    CAPTURE(name);
+    REQUIRE(reader.has(name));
+    Tensor written = reader.read_tensor(name);
+    CHECK(written.dtype() == tensor.dtype());
+    // The same float64 kernels on the same inputs: only summation order (OpenMP
+    // threads) can differ.
+    double difference = testing::max_abs_difference(written, tensor);
+    CHECK(difference < 1e-12);
+  }
+  // Nothing else: every dataset written is one of the expected.
+  CHECK(reader.list("/").size() == expected.size());
+}
+
+}  // namespace
+
+TEST_CASE("bench attention on the CPU prints a dense line per pass and a sparse line per layout") {
+  Scratch scratch("bench");
+  fs::path layouts = scratch.path / "layouts";
+  Result r = run_strata("bench attention --device cpu --export-layouts " + layouts.string(), scratch);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  for (const char* pass : {"forward", "backward"})
+    for (const char* mask : {"full", "causal"})
+      CHECK_MESSAGE(has_line_starting(r.out, fmt::format("attention {} {} L=128 D=32 B=1 H=2", pass, mask)), r.out);
+  CHECK(has_line_starting(r.out, "attention sparse dense(reference)"));
+  for (const char* layout : kLayouts) {
+    CAPTURE(layout);
+    CHECK(has_line_starting(r.out, fmt::format("attention sparse {:<34} L=256 D=32 density", layout)));
+  }
+  CHECK(has_line_starting(r.out, "attention dma: skipped"));
+
+  // The index names every layout file, and each file's key-block lists are those of
+  // the builder the bench used.
+  nlohmann::json index = nlohmann::json::parse(slurp(layouts / "strata.json"));
+  CHECK(index["dense"].size() == 2);
+  REQUIRE(index["sparse"].size() == std::size(kLayouts));
+  for (const auto& entry : index["sparse"]) {
+    nlohmann::json layout = nlohmann::json::parse(slurp(layouts / entry["file"].get<std::string>()));
+    CHECK(layout["block_size"] == 64);
+    CHECK(layout["query_length"] == 256);
+    CHECK(entry["forward_ms"].get<double>() > 0);
+    if (layout["layout"] == "sliding(window=4)") {
+      kernels::BlockLayout built = kernels::sliding_window_layout({256, 256, 64}, 4);
+      for (int64_t query_block = 0; query_block < 4; ++query_block)
+        CHECK(layout["key_blocks"][0][query_block].get<std::vector<int32_t>>() == built.key_blocks_of(0, query_block));
+    }
+    if (layout["layout"] == "s2(local=4,stride=8)") CHECK(layout["key_blocks"].size() == 2);  // one per head
+  }
+
+  Result dense_only = run_strata("bench attention --device cpu --only dense --lengths 64 --head-dims 16", scratch);
+  REQUIRE_MESSAGE(dense_only.exit_code == 0, dense_only.err);
+  CHECK(has_line_starting(dense_only.out, "attention forward full L=64 D=16 B=2 H=4"));
+  CHECK(dense_only.out.find("attention sparse") == std::string::npos);
+}
+
+TEST_CASE("op attention writes the outputs and gradients of ops::attention") {
+  Scratch scratch("op");
+  AttentionInputs inputs = make_inputs(2, 37, 41);
+  for (bool causal : {false, true}) {
+    CAPTURE(causal);
+    write_inputs(scratch.path / "in.h5", inputs, causal, 0.4);
+    Result r = run_strata(fmt::format("op attention {0}/in.h5 {0}/out.h5", scratch.path.string()), scratch);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    check_outputs(scratch.path / "out.h5", expected_outputs(inputs, causal, 0.4, nullptr));
+  }
+}
+
+TEST_CASE("op attention with a CSR layout runs the block-sparse op") {
+  Scratch scratch("layout");
+  AttentionInputs inputs = make_inputs(1, 150, 140);
+  // Per head, blocks of 64: 3 query blocks, 3 key blocks; head 1 skips a whole row.
+  kernels::BlockLayout layout = kernels::BlockLayout::from_lists(
+      {150, 140, 64}, {{{0}, {0, 1}, {1, 2}}, {{0, 2}, {}, {2}}, {{0, 1, 2}, {1}, {0}}, {{2}, {0}, {1}}});
+  fs::path in = scratch.path / "in.h5";
+  write_inputs(in, inputs, false, 0.4);
+  {
+    // Rewrite the file with the layout added: H5Writer makes whole files.
+    checkpoint::H5Reader reader(in.string());
+    checkpoint::H5Writer writer(in.string());
+    for (const std::string& name : reader.list("/")) {
+      if (name == "/causal")
+        writer.write_int(name, reader.read_int(name));
+      else if (name == "/scale")
+        writer.write_double(name, reader.read_double(name));
+      else
+        writer.write_tensor(name, reader.read_tensor(name));
+    }
+    writer.write_int("layout/block_size", 64);
+    writer.write_tensor("layout/row_offsets", layout.row_offsets());
+    writer.write_tensor("layout/column_indices", layout.column_indices());
+    writer.commit();
+  }
+  Result r = run_strata(fmt::format("op attention {0}/in.h5 {0}/out.h5", scratch.path.string()), scratch);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  check_outputs(scratch.path / "out.h5", expected_outputs(inputs, false, 0.4, &layout));
+}
+
+TEST_CASE("op attention names the file and the dataset of bad input on one line") {
+  Scratch scratch("errors");
+  fs::path in = scratch.path / "in.h5", out = scratch.path / "out.h5";
+  auto run = [&] { return run_strata(fmt::format("op attention {} {}", in.string(), out.string()), scratch); };
+  auto check_error = [&](const Result& r, const std::vector<std::string>& parts) {
+    CHECK(r.exit_code != 0);
+    CHECK_MESSAGE(r.err.find('\n') == r.err.size() - 1, r.err);  // one line
+    for (const std::string& part : parts) CHECK_MESSAGE(r.err.find(part) != std::string::npos, r.err);
+    CHECK_FALSE(fs::exists(out));
+  };
+  {
+    checkpoint::H5Writer writer(in.string());
+    writer.write_tensor("q", testing::random({1, 2, 5, 4}, 1));
+    writer.write_tensor("k", testing::random({1, 2, 5, 4}, 2));
+    writer.commit();
+  }
+  check_error(run(), {in.string(), "v"});
+  {
+    checkpoint::H5Writer writer(in.string());
+    writer.write_tensor("q", testing::random({1, 2, 5, 4}, 1));
+    writer.write_tensor("k", testing::random({1, 2, 5, 4}, 2));
+    writer.write_tensor("v", testing::random({1, 2, 6, 4}, 3));
+    writer.commit();
+  }
+  check_error(run(), {in.string(), "v float64[1, 2, 6, 4] on cpu must have the shape of k"});
+  // Lq = Lk = 130: 3 blocks of 64.
+  auto write_layout = [&](const std::vector<int32_t>& row_offsets, const std::vector<int32_t>& column_indices) {
+    checkpoint::H5Writer writer(in.string());
+    for (const char* name : {"q", "k", "v"}) writer.write_tensor(name, testing::random({1, 2, 130, 4}, 1));
+    writer.write_int("layout/block_size", 64);
+    writer.write_tensor("layout/row_offsets",
+                        Tensor::from_vector(row_offsets, {static_cast<int64_t>(row_offsets.size())}));
+    writer.write_tensor("layout/column_indices",
+                        Tensor::from_vector(column_indices, {static_cast<int64_t>(column_indices.size())}));
+    writer.commit();
+  };
+  write_layout({0, 1, 2, 3}, {0, 1, 7});
+  check_error(run(), {in.string(), "layout", "key block 7"});
+  write_layout({0, 1, 2}, {0, 1});
+  check_error(run(), {in.string(), "layout/row_offsets", "heads * 3 + 1"});
+  write_layout({0, 1, 2, 4}, {0, 1, 2});
+  check_error(run(), {in.string(), "layout/row_offsets", "end at 3"});
+}
