@@ -14,6 +14,7 @@
 //   sliding: window_blocks          power: local_blocks, sink_blocks
 //   s2: local_blocks, vertical_stride, dense_heads
 //   neighborhood: window_blocks, dilation         selective: beta
+//   dma: keep_window (the keys each query keeps, the top by the learned key bias)
 //
 // Generation: start_decoding/decode keep a KV cache per layer and attend each new
 // token over it (every pattern but neighborhood).
@@ -54,7 +55,7 @@ struct LlamaOptions {
 
     const std::string p = "model.attention.";
     std::string pattern = c.get_choice(p + "pattern", {"dense", "sliding", "power", "s2", "neighborhood", "sinks",
-                                                       "selective"});
+                                                       "selective", "dma"});
     a.pattern = nn::parse_attention_pattern(pattern);
     bool sparse = pattern == "sliding" || pattern == "power" || pattern == "s2" || pattern == "neighborhood";
     if (sparse) {
@@ -72,6 +73,7 @@ struct LlamaOptions {
       a.dense_heads = c.get_in_range<int64_t>(p + "dense_heads", 0, a.n_heads - 1, 0);
     }
     if (pattern == "selective") a.selective_beta = c.get<double>(p + "beta", 1.5);
+    if (pattern == "dma") a.keep_window = c.get_positive<int64_t>(p + "keep_window");
     a.validate();
     return o;
   }

@@ -16,7 +16,7 @@ constexpr std::pair<AttentionPattern, const char*> kPatternNames[] = {
     {AttentionPattern::Dense, "dense"}, {AttentionPattern::Sliding, "sliding"},
     {AttentionPattern::Power, "power"}, {AttentionPattern::S2, "s2"},
     {AttentionPattern::Neighborhood, "neighborhood"}, {AttentionPattern::Sinks, "sinks"},
-    {AttentionPattern::Selective, "selective"}};
+    {AttentionPattern::Selective, "selective"}, {AttentionPattern::Dma, "dma"}};
 
 bool is_block_sparse(AttentionPattern pattern) {
   return pattern == AttentionPattern::Sliding || pattern == AttentionPattern::Power ||
@@ -43,7 +43,7 @@ Tensor token_temperature(const Tensor& x, const Tensor& weight) {
 AttentionPattern parse_attention_pattern(const std::string& name) {
   for (const auto& [pattern, pattern_name] : kPatternNames)
     if (name == pattern_name) return pattern;
-  STRATA_FAIL("attention: unknown pattern '{}' (dense, sliding, power, s2, neighborhood, sinks, selective)", name);
+  STRATA_FAIL("attention: unknown pattern '{}' (dense, sliding, power, s2, neighborhood, sinks, selective, dma)", name);
 }
 
 const char* attention_pattern_name(AttentionPattern pattern) {
@@ -72,6 +72,8 @@ void AttentionBlockOptions::validate() const {
                n_heads);
   STRATA_CHECK(dilation > 0, "attention: dilation must be positive, got {}", dilation);
   STRATA_CHECK(std::isfinite(selective_beta), "attention: selective_beta must be finite, got {}", selective_beta);
+  if (pattern == AttentionPattern::Dma)
+    STRATA_CHECK(keep_window > 0, "attention (dma): keep_window must be positive, got {}", keep_window);
 }
 
 AttentionBlock::AttentionBlock(const AttentionBlockOptions& options, Generator& generator) : options_(options) {
@@ -88,6 +90,9 @@ AttentionBlock::AttentionBlock(const AttentionBlockOptions& options, Generator& 
     register_parameter("selective_beta", Tensor::full({1}, options_.selective_beta), false);
     register_parameter("query_temperature_weight", Tensor::zeros({options_.n_heads, d}), false);
     register_parameter("value_temperature_weight", Tensor::zeros({options_.n_kv_heads, d}), false);
+  } else if (options_.pattern == AttentionPattern::Dma) {
+    dt_proj = register_module("dt_proj", std::make_shared<Linear>(kv_width, options_.n_kv_heads, false, generator));
+    register_parameter("A", Tensor::zeros({options_.n_kv_heads}), false);
   }
 }
 
@@ -119,6 +124,14 @@ Tensor AttentionBlock::attend(const Tensor& q, const Tensor& k, const Tensor& v,
                               int64_t query_offset) {
   ops::AttentionOptions attention_options;
   attention_options.causal = true;
+  if (options_.pattern == AttentionPattern::Dma) {
+    // The key bias A_g softplus(dt) from every cached value, (batch, n_kv_heads, Lk):
+    // it depends on the key's own value only, so a decoding step sees the biases the
+    // full sequence would.
+    Tensor dt = ops::transpose(dt_proj->forward(merge_heads(v)), 1, 2);
+    Tensor key_bias = ops::mul(ops::softplus(dt), ops::reshape(parameter("A"), {1, options_.n_kv_heads, 1}));
+    return ops::dynamic_mask_attention(q, k, v, key_bias, options_.keep_window);
+  }
   if (options_.pattern == AttentionPattern::Sinks) attention_options.sinks = parameter("sinks");
   if (options_.pattern == AttentionPattern::Selective) {
     // Position term 1 + exp(-exp(beta)) log n for the 1-based positions n of the

@@ -13,6 +13,11 @@
 //   s2            S2-Attention: dense_heads dense heads, the others shifted strided shards
 //                 (local_blocks, vertical_stride)
 //   neighborhood  window_blocks blocks spaced `dilation` apart, ending at the query's block
+//   dma           Dynamic Mask Attention (arXiv 2508.02124, the Doge models): a bias per
+//                 key of each kv head from the values, bias = A_g softplus(dt), dt =
+//                 concat_heads(v) W_dt^T (dt_proj: n_kv_heads * head_dim -> n_kv_heads,
+//                 A per kv head, initialised to 0 as the Doge code does); each query keeps
+//                 the keep_window earlier keys of largest bias (ops::dynamic_mask_attention)
 //   sinks         dense plus a learned sink logit per head (zero value vector)
 //   selective     dense with Selective Attention's temperatures (arXiv 2411.12892): the
 //                 query of the token at 1-based position n is scaled by
@@ -41,7 +46,7 @@
 
 namespace strata::nn {
 
-enum class AttentionPattern { Dense, Sliding, Power, S2, Neighborhood, Sinks, Selective };
+enum class AttentionPattern { Dense, Sliding, Power, S2, Neighborhood, Sinks, Selective, Dma };
 AttentionPattern parse_attention_pattern(const std::string& name);  // "dense", "sliding", ...
 const char* attention_pattern_name(AttentionPattern pattern);
 
@@ -59,6 +64,7 @@ struct AttentionBlockOptions {
   int64_t dense_heads = 0;       // s2
   int64_t dilation = 1;          // neighborhood
   double selective_beta = 1.5;   // selective: initial beta
+  int64_t keep_window = 0;       // dma: the keys each query keeps (top by bias), > 0
 
   // Errors name the offending field.
   void validate() const;
@@ -87,6 +93,7 @@ class AttentionBlock : public Module {
   const kernels::BlockLayout& layout(int64_t query_length, int64_t key_length, Device device);
 
   std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
+  std::shared_ptr<Linear> dt_proj;  // dma only
 
  private:
   // q (batch, n_heads, Lq, hd), k, v (batch, n_kv_heads, Lk, hd); x (batch, Lq, d_model)
