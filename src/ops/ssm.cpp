@@ -7,12 +7,15 @@
 // selective_scan saves its (contiguous) inputs and, on CUDA, the state at each
 // chunk boundary (batch, d_inner, n_chunks, N) float32; the backward kernels
 // recompute every other state from them (kernels/selective_scan/).
+// selective_scan_routes folds its K routes into the channels (views of contiguous
+// inputs) and runs the same kernels with a per-route direction.
 #include "strata/ops/ssm.h"
 
 #include "kernels/causal_conv1d/causal_conv1d_cpu.h"
 #include "kernels/selective_scan/selective_scan_cpu.h"
 #include "ops/op_utils.h"
 #include "strata/autograd/autograd.h"
+#include "strata/ops/ops.h"
 
 #ifdef STRATA_WITH_CUDA
 #include "kernels/causal_conv1d/causal_conv1d_cuda.h"
@@ -26,6 +29,7 @@ namespace {
 using kernels::CausalConv1dSizes;
 using kernels::SelectiveScanGrads;
 using kernels::SelectiveScanInputs;
+using kernels::SelectiveScanOutputs;
 using kernels::SelectiveScanSizes;
 
 // ---- argument checks ------------------------------------------------------------
@@ -158,34 +162,40 @@ SelectiveScanInputs<void, float> cuda_inputs(const ScanTensors& t) {
 }
 #endif
 
-// y and (when final_state is defined) the final state; checkpoints (CUDA only) when
-// a backward pass will follow.
-void scan_forward(const SelectiveScanSizes& sizes, const ScanTensors& t, const Tensor& y, const Tensor& final_state,
+// y and (when defined) the final state and the per-step states; checkpoints (CUDA
+// only) when a backward pass will follow.
+void scan_forward(const SelectiveScanSizes& sizes, const ScanTensors& t, const SelectiveScanResult& result,
                   const Tensor& checkpoints) {
   if (t.u.device().is_cpu()) {
     for_cpu_dtype(t.u.dtype(), [&]<class T>(T) {
-      kernels::selective_scan_forward_cpu(sizes, cpu_inputs<T>(t), y.data<T>(), pointer<T>(final_state));
+      kernels::selective_scan_forward_cpu(
+          sizes, cpu_inputs<T>(t),
+          SelectiveScanOutputs<T, T>{result.y.data<T>(), pointer<T>(result.final_state), pointer<T>(result.states)});
     });
     return;
   }
 #ifdef STRATA_WITH_CUDA
-  bool supported = kernels::selective_scan_forward_cuda(t.u.dtype(), sizes, cuda_inputs(t), y.data_ptr(),
-                                                        pointer<float>(final_state), pointer<float>(checkpoints));
+  SelectiveScanOutputs<void, float> outputs{result.y.data_ptr(), pointer<float>(result.final_state),
+                                            pointer<float>(result.states)};
+  bool supported =
+      kernels::selective_scan_forward_cuda(t.u.dtype(), sizes, cuda_inputs(t), outputs, pointer<float>(checkpoints));
   STRATA_CHECK(supported, "selective_scan: {} is not supported on CUDA", t.u.str());
 #endif
 }
 
 // Gradients in the order of the node's inputs (u, delta, A, B, C, D, z, delta_bias,
-// initial_state); undefined for absent inputs. original_dtypes: the dtype of each
-// input as given, which its gradient takes.
+// initial_state); undefined for absent inputs. grad_final_state and grad_states are
+// undefined when those were not outputs. original_dtypes: the dtype of each input
+// as given, which its gradient takes.
 std::vector<Tensor> scan_backward(const SelectiveScanSizes& sizes, const ScanTensors& t, const Tensor& checkpoints,
-                                  const Tensor& grad_y, const Tensor& grad_final_state,
+                                  const Tensor& grad_y, const Tensor& grad_final_state, const Tensor& grad_states,
                                   const std::vector<DType>& original_dtypes) {
   const Device device = t.u.device();
   const DType value_dtype = t.u.dtype(), state_dtype = state_dtype_for(value_dtype);
   const Shape activation_shape = t.u.shape(), state_shape{sizes.batch, sizes.d_inner, sizes.d_state};
   Tensor grad_out = grad_y.to(value_dtype).contiguous();
   Tensor grad_final = prepared(grad_final_state, state_dtype);
+  Tensor grad_per_step = prepared(grad_states, state_dtype);
 
   Tensor du = Tensor::empty(activation_shape, value_dtype, device);
   Tensor ddelta = Tensor::empty(activation_shape, value_dtype, device);
@@ -202,16 +212,19 @@ std::vector<Tensor> scan_backward(const SelectiveScanSizes& sizes, const ScanTen
       SelectiveScanGrads<T, T> grads{pointer<T>(du), pointer<T>(ddelta),      pointer<T>(dz),
                                      pointer<T>(dA), pointer<T>(dB),          pointer<T>(dC),
                                      pointer<T>(dD), pointer<T>(ddelta_bias), pointer<T>(dinitial)};
-      kernels::selective_scan_backward_cpu(sizes, cpu_inputs<T>(t), grad_out.data<T>(), pointer<T>(grad_final), grads);
+      SelectiveScanOutputs<const T, const T> output_grads{grad_out.data<T>(), pointer<T>(grad_final),
+                                                          pointer<T>(grad_per_step)};
+      kernels::selective_scan_backward_cpu(sizes, cpu_inputs<T>(t), output_grads, grads);
     });
   } else {
 #ifdef STRATA_WITH_CUDA
     SelectiveScanGrads<void, float> grads{raw_pointer(du),    raw_pointer(ddelta),         raw_pointer(dz),
                                           pointer<float>(dA), pointer<float>(dB),          pointer<float>(dC),
                                           pointer<float>(dD), pointer<float>(ddelta_bias), pointer<float>(dinitial)};
-    bool supported =
-        kernels::selective_scan_backward_cuda(value_dtype, sizes, cuda_inputs(t), checkpoints.data<float>(),
-                                              grad_out.data_ptr(), pointer<float>(grad_final), grads);
+    SelectiveScanOutputs<const void, const float> output_grads{grad_out.data_ptr(), pointer<float>(grad_final),
+                                                               pointer<float>(grad_per_step)};
+    bool supported = kernels::selective_scan_backward_cuda(value_dtype, sizes, cuda_inputs(t),
+                                                           checkpoints.data<float>(), output_grads, grads);
     STRATA_CHECK(supported, "selective_scan backward: {} is not supported on CUDA", t.u.str());
 #endif
   }
@@ -273,13 +286,19 @@ std::vector<Tensor> conv_backward(const CausalConv1dSizes& sizes, const Tensor& 
 
 }  // namespace
 
-SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
-                                   const Tensor& C, const SelectiveScanOptions& options) {
-  const char* op = "selective_scan";
+namespace {
+
+// selective_scan over `routes` routes folded into the channels (1 for a plain scan);
+// bit r of reversed_routes reverses route r.
+SelectiveScanResult scan_routes_folded(const char* op, const Tensor& u, const Tensor& delta, const Tensor& A,
+                                       const Tensor& B, const Tensor& C, const SelectiveScanOptions& options,
+                                       int64_t routes, uint64_t reversed_routes) {
   SelectiveScanSizes sizes =
       check_scan_arguments(op, true, u, delta, A, B, C, options.D, options.z, options.delta_bias);
   sizes.delta_softplus = options.delta_softplus;
   sizes.reverse = options.reverse;
+  sizes.routes = routes;
+  sizes.reversed_routes = reversed_routes;
   const Shape state_shape{sizes.batch, sizes.d_inner, sizes.d_state};
   if (options.initial_state.defined()) {
     check_shape(op, "initial_state", options.initial_state, state_shape, "(batch, d_inner, N)");
@@ -303,6 +322,8 @@ SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const T
   SelectiveScanResult result;
   result.y = Tensor::empty(u.shape(), u.dtype(), device);
   if (options.return_final_state) result.final_state = Tensor::empty(state_shape, state_dtype, device);
+  if (options.return_states)
+    result.states = Tensor::empty({sizes.batch, sizes.d_inner, sizes.length, sizes.d_state}, state_dtype, device);
   Tensor checkpoints;
 #ifdef STRATA_WITH_CUDA
   if (device.is_cuda() && recording) {
@@ -311,18 +332,82 @@ SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const T
                                 DType::Float32, device);
   }
 #endif
-  scan_forward(sizes, saved, result.y, result.final_state, checkpoints);
+  scan_forward(sizes, saved, result, checkpoints);
   if (!recording) return result;
 
   std::vector<DType> original_dtypes;
   for (const Tensor& t : inputs) original_dtypes.push_back(t.defined() ? t.dtype() : u.dtype());
+  // The node's outputs: y, then the final state and the per-step states when asked for.
   std::vector<Tensor> outputs{result.y};
   if (options.return_final_state) outputs.push_back(result.final_state);
-  autograd::record(op, inputs, outputs, [sizes, saved, checkpoints, original_dtypes](const std::vector<Tensor>& grads) {
-    return scan_backward(sizes, saved, checkpoints, grads[0], grads.size() > 1 ? grads[1] : Tensor(), original_dtypes);
-  });
+  if (options.return_states) outputs.push_back(result.states);
+  const bool with_final = options.return_final_state, with_states = options.return_states;
+  auto backward = [sizes, saved, checkpoints, original_dtypes, with_final,
+                   with_states](const std::vector<Tensor>& grads) {
+    const Tensor grad_final = with_final ? grads[1] : Tensor();
+    const Tensor grad_states = with_states ? grads[with_final ? 2 : 1] : Tensor();
+    return scan_backward(sizes, saved, checkpoints, grads[0], grad_final, grad_states, original_dtypes);
+  };
+  autograd::record(op, inputs, outputs, backward);
   result.y = outputs[0];
-  if (options.return_final_state) result.final_state = outputs[1];
+  if (with_final) result.final_state = outputs[1];
+  if (with_states) result.states = outputs[with_final ? 2 : 1];
+  return result;
+}
+
+}  // namespace
+
+SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                                   const Tensor& C, const SelectiveScanOptions& options) {
+  return scan_routes_folded("selective_scan", u, delta, A, B, C, options, 1, 0);
+}
+
+SelectiveScanResult selective_scan_routes(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                                          const Tensor& C, const std::vector<bool>& reversed,
+                                          const SelectiveScanOptions& options) {
+  const char* op = "selective_scan_routes";
+  detail::check_defined(op, u, "u");
+  detail::check_defined(op, A, "A");
+  detail::check_defined(op, B, "B");
+  check_rank(op, "u", u, 4, "(batch, K, d_inner, length)");
+  check_rank(op, "A", A, 3, "(K, d_inner, N)");
+  check_rank(op, "B", B, 5, "(batch, K, groups, N, length)");
+  const int64_t batch = u.shape()[0], routes = u.shape()[1], d_inner = u.shape()[2], length = u.shape()[3];
+  const int64_t d_state = A.shape()[2], groups = B.shape()[2];
+  STRATA_CHECK(routes >= 1 && routes <= 64, "{}: K = {} routes (u {}) must be in 1..64", op, routes, u.str());
+  STRATA_CHECK(reversed.empty() || static_cast<int64_t>(reversed.size()) == routes,
+               "{}: {} reversed flags for the K = {} routes of u {}", op, reversed.size(), routes, u.str());
+  STRATA_CHECK(!options.reverse, "{}: options.reverse must be false (the reversed flags give each route's direction)",
+               op);
+  // The routes' own shapes, checked here so that messages name them rather than the folded ones.
+  const Shape activation{batch, routes, d_inner, length}, per_route{routes, d_inner};
+  check_shape(op, "A", A, {routes, d_inner, d_state}, "(K, d_inner, N)");
+  check_shape(op, "B", B, {batch, routes, groups, d_state, length}, "(batch, K, groups, N, length)");
+  if (delta.defined()) check_shape(op, "delta", delta, activation, "(batch, K, d_inner, length)");
+  if (C.defined()) check_shape(op, "C", C, B.shape(), "(batch, K, groups, N, length)");
+  if (options.z.defined()) check_shape(op, "z", options.z, activation, "(batch, K, d_inner, length)");
+  if (options.D.defined()) check_shape(op, "D", options.D, per_route, "(K, d_inner)");
+  if (options.delta_bias.defined()) check_shape(op, "delta_bias", options.delta_bias, per_route, "(K, d_inner)");
+  if (options.initial_state.defined())
+    check_shape(op, "initial_state", options.initial_state, {batch, routes, d_inner, d_state},
+                "(batch, K, d_inner, N)");
+
+  uint64_t reversed_routes = 0;
+  for (size_t k = 0; k < reversed.size(); ++k)
+    if (reversed[k]) reversed_routes |= uint64_t{1} << k;
+  auto fold = [](const Tensor& t, const Shape& shape) { return t.defined() ? reshape(t, shape) : Tensor(); };
+  const Shape folded_activation{batch, routes * d_inner, length}, folded_bc{batch, routes * groups, d_state, length};
+  SelectiveScanOptions folded = options;
+  folded.z = fold(options.z, folded_activation);
+  folded.D = fold(options.D, {routes * d_inner});
+  folded.delta_bias = fold(options.delta_bias, {routes * d_inner});
+  folded.initial_state = fold(options.initial_state, {batch, routes * d_inner, d_state});
+  SelectiveScanResult result = scan_routes_folded(
+      op, fold(u, folded_activation), fold(delta, folded_activation), fold(A, {routes * d_inner, d_state}),
+      fold(B, folded_bc), fold(C, folded_bc), folded, routes, reversed_routes);
+  result.y = reshape(result.y, activation);
+  if (result.final_state.defined()) result.final_state = reshape(result.final_state, {batch, routes, d_inner, d_state});
+  if (result.states.defined()) result.states = reshape(result.states, {batch, routes, d_inner, length, d_state});
   return result;
 }
 
@@ -358,7 +443,8 @@ Tensor selective_scan_step(const Tensor& state, const Tensor& u, const Tensor& d
     for_cpu_dtype(u.dtype(), [&]<class T>(T) {
       SelectiveScanInputs<T, T> inputs = cpu_inputs<T>(t);
       inputs.initial_state = state.data<T>();
-      kernels::selective_scan_forward_cpu(sizes, inputs, y.data<T>(), state.data<T>());
+      kernels::selective_scan_forward_cpu(sizes, inputs,
+                                          SelectiveScanOutputs<T, T>{y.data<T>(), state.data<T>(), nullptr});
     });
   } else {
 #ifdef STRATA_WITH_CUDA

@@ -2,8 +2,9 @@
 // float32 and bfloat16: y, the final state and the gradient of every input, over
 // lengths 1, 7, 300 and 2048 (the chunk is 32 steps for N = 1 and 16 otherwise, so
 // 7 and 300 end on a partial chunk), N = 1, 16 and 64 (the three register layouts),
-// d_inner 1, 5 and 128, groups and both directions; then the step kernel against the
-// CPU and against the CUDA scan.
+// d_inner 1, 5 and 128, groups and both directions; the per-step states output
+// and its gradient; K routes in one launch against the CPU and against K separate
+// CUDA scans; then the step kernel against the CPU and against the CUDA scan.
 //
 // Tolerances, relative to the largest reference value of each tensor:
 //  - float32 2e-4: exp(delta A) uses __expf (relative error about 2^-21 |delta A|,
@@ -23,7 +24,7 @@ namespace {
 
 struct GpuScanCase {
   int64_t batch = 2, d_inner = 5, length = 7, d_state = 16, groups = 1;
-  bool reverse = false;
+  bool reverse = false, states = false;
 };
 
 // Inputs u, delta, A, B, C, D, z, delta_bias, initial_state (float64 CPU leaves);
@@ -47,7 +48,8 @@ std::vector<Tensor> make_inputs(const GpuScanCase& c, uint64_t seed) {
   return inputs;
 }
 
-// y and the final state (in y's dtype), flattened into one tensor.
+// y, the final state and (when the case asks) the per-step states, the states in
+// y's dtype, flattened into one tensor.
 Tensor scan_everything(const GpuScanCase& c, const std::vector<Tensor>& in) {
   ops::SelectiveScanOptions options;
   options.D = in[5];
@@ -57,14 +59,18 @@ Tensor scan_everything(const GpuScanCase& c, const std::vector<Tensor>& in) {
   options.delta_softplus = true;
   options.reverse = c.reverse;
   options.return_final_state = true;
+  options.return_states = c.states;
   ops::SelectiveScanResult result = ops::selective_scan(in[0], in[1], in[2], in[3], in[4], options);
-  return ops::concat(
-      {ops::reshape(result.y, {-1}), ops::reshape(ops::cast(result.final_state, result.y.dtype()), {-1})}, 0);
+  const DType dtype = result.y.dtype();
+  std::vector<Tensor> parts{ops::reshape(result.y, {-1}), ops::reshape(ops::cast(result.final_state, dtype), {-1})};
+  if (c.states) parts.push_back(ops::reshape(ops::cast(result.states, dtype), {-1}));
+  return ops::concat(parts, 0);
 }
 
 void check_case(const GpuScanCase& c, uint64_t seed) {
   MESSAGE("selective_scan batch " << c.batch << ", d_inner " << c.d_inner << ", length " << c.length << ", N "
-                                  << c.d_state << ", groups " << c.groups << (c.reverse ? ", reverse" : ""));
+                                  << c.d_state << ", groups " << c.groups << (c.reverse ? ", reverse" : "")
+                                  << (c.states ? ", per-step states" : ""));
   std::vector<Tensor> inputs = make_inputs(c, seed);
   auto f = [c](const std::vector<Tensor>& in) { return scan_everything(c, in); };
   testing::check_cuda_matches_cpu(f, inputs, DType::Float32, 2e-4);
@@ -105,6 +111,115 @@ TEST_CASE("selective_scan on CUDA covers odd state sizes up to 256") {
   testing::require_cuda();
   // 3: four slots on one lane; 37: eight slots on eight lanes, most unused; 256: 32 lanes of 8.
   for (int64_t d_state : {3, 37, 256}) check_case({.batch = 1, .d_inner = 5, .length = 300, .d_state = d_state}, 30);
+}
+
+TEST_CASE("selective_scan on CUDA returns the per-step states and takes their gradient") {
+  testing::require_cuda();
+  // The three register layouts, both directions, partial last chunks, and groups.
+  check_case({.batch = 2, .d_inner = 128, .length = 300, .d_state = 1, .groups = 2, .states = true}, 60);
+  check_case({.batch = 2, .d_inner = 5, .length = 300, .d_state = 1, .reverse = true, .states = true}, 61);
+  check_case({.batch = 2, .d_inner = 128, .length = 300, .d_state = 16, .groups = 4, .states = true}, 62);
+  check_case({.batch = 1, .d_inner = 5, .length = 2048, .d_state = 16, .reverse = true, .states = true}, 63);
+  check_case({.batch = 2, .d_inner = 37, .length = 41, .d_state = 64, .groups = 1, .states = true}, 64);
+  check_case({.batch = 1, .d_inner = 3, .length = 20, .d_state = 256, .reverse = true, .states = true}, 65);
+}
+
+namespace {
+
+// K routes in the layouts of selective_scan_routes: u, delta, A, B, C, D, z,
+// delta_bias, initial_state (float64 CPU leaves), in make_inputs' ranges.
+std::vector<Tensor> make_route_inputs(int64_t batch, int64_t routes, int64_t d_inner, int64_t length, int64_t d_state,
+                                      uint64_t seed) {
+  std::vector<Tensor> inputs;
+  auto add = [&](const Shape& shape, double low, double high) {
+    inputs.push_back(testing::random(shape, seed++, DType::Float64, low, high).set_requires_grad(true));
+  };
+  const Shape activation{batch, routes, d_inner, length}, bc{batch, routes, 1, d_state, length};
+  add(activation, -1.0, 1.0);
+  add(activation, -1.0, 1.0);
+  add({routes, d_inner, d_state}, -2.0, -0.1);
+  add(bc, -1.0, 1.0);
+  add(bc, -1.0, 1.0);
+  add({routes, d_inner}, -1.0, 1.0);
+  add(activation, -2.0, 2.0);
+  add({routes, d_inner}, -3.5, -1.5);
+  add({batch, routes, d_inner, d_state}, -1.0, 1.0);
+  return inputs;
+}
+
+ops::SelectiveScanOptions route_options(const std::vector<Tensor>& in) {
+  ops::SelectiveScanOptions options;
+  options.D = in[5];
+  options.z = in[6];
+  options.delta_bias = in[7];
+  options.initial_state = in[8];
+  options.delta_softplus = true;
+  options.return_final_state = true;
+  options.return_states = true;
+  return options;
+}
+
+Tensor flatten_result(const ops::SelectiveScanResult& r) {
+  const DType dtype = r.y.dtype();
+  return ops::concat({ops::reshape(r.y, {-1}), ops::reshape(ops::cast(r.final_state, dtype), {-1}),
+                      ops::reshape(ops::cast(r.states, dtype), {-1})},
+                     0);
+}
+
+}  // namespace
+
+TEST_CASE("selective_scan_routes on CUDA matches the CPU and K separate CUDA scans") {
+  testing::require_cuda();
+  const std::vector<bool> reversed{false, true, true, false};
+  for (int64_t d_state : {int64_t{1}, int64_t{16}}) {
+    MESSAGE("selective_scan_routes K 4 (two reversed), batch 2, d_inner 96, length 300, N " << d_state);
+    std::vector<Tensor> in = make_route_inputs(2, 4, 96, 300, d_state, 70 + d_state);
+    auto together = [&](const std::vector<Tensor>& x) {
+      return flatten_result(ops::selective_scan_routes(x[0], x[1], x[2], x[3], x[4], reversed, route_options(x)));
+    };
+    // Tolerances as for the single scan (top of this file).
+    testing::check_cuda_matches_cpu(together, in, DType::Float32, 2e-4);
+    testing::check_cuda_matches_cpu(together, in, DType::BFloat16, 5e-2);
+
+    // One launch against four: the forward pass runs the same blocks on the same
+    // values (equal to the last bit); the gradients differ only in the order of
+    // their float32 atomic sums.
+    auto apart = [&](const std::vector<Tensor>& x) {
+      std::vector<Tensor> y, final_state, states;
+      for (int64_t k = 0; k < 4; ++k) {
+        auto route = [k](const Tensor& t, int dim) { return ops::squeeze(ops::slice(t, dim, k, k + 1), dim); };
+        ops::SelectiveScanOptions options = route_options(x);
+        options.D = route(x[5], 0);
+        options.z = route(x[6], 1);
+        options.delta_bias = route(x[7], 0);
+        options.initial_state = route(x[8], 1);
+        options.reverse = reversed[k];
+        ops::SelectiveScanResult r = ops::selective_scan(route(x[0], 1), route(x[1], 1), route(x[2], 0),
+                                                         route(x[3], 1), route(x[4], 1), options);
+        y.push_back(ops::unsqueeze(r.y, 1));
+        final_state.push_back(ops::unsqueeze(r.final_state, 1));
+        states.push_back(ops::unsqueeze(r.states, 1));
+      }
+      return flatten_result({ops::concat(y, 1), ops::concat(final_state, 1), ops::concat(states, 1)});
+    };
+    auto run = [&](auto&& f) {
+      std::vector<Tensor> x;
+      for (const Tensor& t : in) x.push_back(t.detach().to(DType::Float32).to(Device::cuda()).set_requires_grad(true));
+      Tensor out = f(x);
+      Tensor weights = testing::random(out.shape(), 5).to(DType::Float32).to(Device::cuda());
+      autograd::backward(ops::sum(ops::mul(out, weights)));
+      std::vector<Tensor> results{out.to(Device::cpu()).to(DType::Float64)};
+      for (const Tensor& t : x) results.push_back(t.grad().to(Device::cpu()).to(DType::Float64));
+      return results;
+    };
+    std::vector<Tensor> one = run(together), four = run(apart);
+    CHECK(testing::max_abs_difference(one[0], four[0]) == 0.0);
+    for (size_t i = 1; i < one.size(); ++i) {
+      double error = testing::max_abs_difference(one[i], four[i]), bound = 1e-5 * testing::max_abs(four[i]);
+      MESSAGE("gradient " << i << ": max |one launch - four| = " << error << ", bound " << bound);
+      CHECK(error <= bound);
+    }
+  }
 }
 
 TEST_CASE("selective_scan on CUDA takes float32 parameters with bfloat16 activations") {

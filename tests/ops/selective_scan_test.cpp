@@ -1,8 +1,9 @@
 // selective_scan on the CPU: values against a hand-computed case and a naive
-// per-step loop written here, finite-difference gradients in double for every input
-// and every flag, sequence splitting through the final/initial state, the reverse
-// flag against flipped inputs, the one-token step against the full scan, and the
-// messages of bad arguments.
+// per-step loop written here (output, final state and per-step states),
+// finite-difference gradients in double for every input and every flag, sequence
+// splitting through the final/initial state, the reverse flag against flipped
+// inputs, the one-token step against the full scan, selective_scan_routes against
+// K separate scans, and the messages of bad arguments.
 #include <omp.h>
 
 #include <cmath>
@@ -17,7 +18,7 @@ namespace {
 struct ScanCase {
   int64_t batch = 2, d_inner = 4, length = 5, d_state = 3, groups = 1;
   bool with_D = false, with_z = false, with_delta_bias = false, softplus = false, reverse = false,
-       with_initial_state = false, final_state = false;
+       with_initial_state = false, final_state = false, states = false;
 };
 
 // The inputs in the order u, delta, A, B, C, then D, z, delta_bias and
@@ -50,18 +51,22 @@ ops::SelectiveScanResult run_scan(const ScanCase& c, const std::vector<Tensor>& 
   options.delta_softplus = c.softplus;
   options.reverse = c.reverse;
   options.return_final_state = c.final_state;
+  options.return_states = c.states;
   return ops::selective_scan(in[0], in[1], in[2], in[3], in[4], options);
 }
 
-// y, with the final state appended (flattened) when the case returns it.
+// y, with the final state and the per-step states appended (flattened) when the
+// case returns them.
 Tensor scan_output(const ScanCase& c, const std::vector<Tensor>& in) {
   ops::SelectiveScanResult result = run_scan(c, in);
-  if (!c.final_state) return result.y;
-  return ops::concat({ops::reshape(result.y, {-1}), ops::reshape(result.final_state, {-1})}, 0);
+  std::vector<Tensor> parts{ops::reshape(result.y, {-1})};
+  if (c.final_state) parts.push_back(ops::reshape(result.final_state, {-1}));
+  if (c.states) parts.push_back(ops::reshape(result.states, {-1}));
+  return ops::concat(parts, 0);
 }
 
 struct NaiveResult {
-  std::vector<double> y, final_state;
+  std::vector<double> y, final_state, states;  // states: (batch, d_inner, length, N)
 };
 
 // Plain loops over doubles, straight from the equations of ssm.h.
@@ -75,7 +80,8 @@ NaiveResult naive_scan(const ScanCase& c, const std::vector<Tensor>& in) {
   if (c.with_delta_bias) bias = values(in[next++]);
   if (c.with_initial_state) initial = values(in[next++]);
   const int64_t L = c.length, N = c.d_state, channels_per_group = c.d_inner / c.groups;
-  NaiveResult result{std::vector<double>(u.size()), std::vector<double>(c.batch * c.d_inner * N)};
+  NaiveResult result{std::vector<double>(u.size()), std::vector<double>(c.batch * c.d_inner * N),
+                     std::vector<double>(u.size() * N)};
   for (int64_t b = 0; b < c.batch; ++b) {
     for (int64_t d = 0; d < c.d_inner; ++d) {
       const int64_t g = d / channels_per_group, row = (b * c.d_inner + d) * L;
@@ -91,6 +97,7 @@ NaiveResult naive_scan(const ScanCase& c, const std::vector<Tensor>& in) {
           const int64_t bc = ((b * c.groups + g) * N + n) * L + t;
           h[n] = std::exp(dt * A[d * N + n]) * h[n] + dt * B[bc] * u[row + t];
           y += C[bc] * h[n];
+          result.states[(row + t) * N + n] = h[n];
         }
         if (c.with_z) y *= z[row + t] / (1.0 + std::exp(-z[row + t]));
         result.y[row + t] = y;
@@ -235,6 +242,206 @@ TEST_CASE("selective_scan gradients match finite differences for every input and
     c.with_D = c.with_z = c.with_delta_bias = c.softplus = c.reverse = c.with_initial_state = c.final_state = true;
     check(c, 13);
   }
+  SUBCASE("per-step states") {
+    c.states = true;
+    check(c, 14);
+  }
+  SUBCASE("per-step states with D, gate, softplus and groups") {
+    c.d_inner = 6, c.groups = 3;
+    c.states = c.with_D = c.with_z = c.with_delta_bias = c.softplus = true;
+    check(c, 15);
+  }
+  SUBCASE("per-step states, reverse, initial and final state") {
+    c.states = c.reverse = c.with_initial_state = c.final_state = true;
+    check(c, 16);
+  }
+  SUBCASE("per-step states with N = 1") {
+    c.d_state = 1;
+    c.states = c.with_z = true;
+    check(c, 17);
+  }
+}
+
+TEST_CASE("selective_scan per-step states match the naive loop and end in the final state") {
+  for (bool reverse : {false, true}) {
+    CAPTURE(reverse);
+    ScanCase c;
+    c.d_inner = 6, c.length = 7, c.groups = 3;
+    c.with_D = c.with_z = c.with_delta_bias = c.softplus = c.with_initial_state = true;
+    c.reverse = reverse, c.final_state = c.states = true;
+    std::vector<Tensor> in = make_inputs(c, 900);
+    ops::SelectiveScanResult result = run_scan(c, in);
+    CHECK(result.states.shape() == Shape{c.batch, c.d_inner, c.length, c.d_state});
+    CHECK(result.states.dtype() == DType::Float64);
+    NaiveResult expected = naive_scan(c, in);
+    check_close(result.states.to_vector<double>(), expected.states, 1e-13);
+    check_close(result.y.to_vector<double>(), expected.y, 1e-13);
+    // The last step is at position length - 1 forward, at position 0 in reverse.
+    Tensor last = ops::squeeze(ops::slice(result.states, 2, reverse ? 0 : c.length - 1, reverse ? 1 : c.length), 2);
+    check_close(last.to_vector<double>(), result.final_state.to_vector<double>(), 0.0);
+
+    std::vector<Tensor> in32;
+    for (const Tensor& t : in) in32.push_back(t.detach().to(DType::Float32));
+    ops::SelectiveScanResult result32 = run_scan(c, in32);
+    CHECK(result32.states.dtype() == DType::Float32);
+    check_close(result32.states.to_vector<double>(), expected.states, 1e-5);
+  }
+}
+
+TEST_CASE("selective_scan per-step states carry their gradient into every input") {
+  // The loss reads only the states: without their term in the adjoint every
+  // gradient here would be zero.
+  ScanCase c;
+  c.with_delta_bias = c.softplus = c.with_initial_state = c.states = true;
+  std::vector<Tensor> in = make_inputs(c, 950);
+  autograd::backward(ops::sum(run_scan(c, in).states));
+  for (size_t i = 0; i < in.size(); ++i) {
+    CAPTURE(i);
+    if (i == 4)
+      CHECK(testing::max_abs(in[i].grad()) == 0.0);  // C reads the states, it does not make them
+    else
+      CHECK(testing::max_abs(in[i].grad()) > 1e-3);
+  }
+}
+
+namespace {
+
+// K routes: u, delta, A, B, C, D, z, delta_bias, initial_state in the layouts of
+// selective_scan_routes (float64 leaves); delta is raw (softplus follows).
+struct RoutesCase {
+  int64_t batch = 2, routes = 3, d_inner = 4, length = 5, d_state = 3, groups = 2;
+  std::vector<bool> reversed{false, true, true};
+};
+
+std::vector<Tensor> make_route_inputs(const RoutesCase& c, uint64_t seed) {
+  std::vector<Tensor> inputs;
+  auto add = [&](const Shape& shape, double low, double high) {
+    inputs.push_back(testing::random(shape, seed++, DType::Float64, low, high).set_requires_grad(true));
+  };
+  const Shape activation{c.batch, c.routes, c.d_inner, c.length}, per_route{c.routes, c.d_inner};
+  const Shape bc{c.batch, c.routes, c.groups, c.d_state, c.length};
+  add(activation, -1.0, 1.0);                       // u
+  add(activation, -1.5, 1.0);                       // delta
+  add({c.routes, c.d_inner, c.d_state}, -1.5, -0.2);  // A
+  add(bc, -1.0, 1.0);                               // B
+  add(bc, -1.0, 1.0);                               // C
+  add(per_route, -1.0, 1.0);                        // D
+  add(activation, -2.0, 2.0);                       // z
+  add(per_route, 0.0, 0.3);                         // delta_bias
+  add({c.batch, c.routes, c.d_inner, c.d_state}, -1.0, 1.0);
+  return inputs;
+}
+
+ops::SelectiveScanOptions route_options(const std::vector<Tensor>& in) {
+  ops::SelectiveScanOptions options;
+  options.D = in[5];
+  options.z = in[6];
+  options.delta_bias = in[7];
+  options.initial_state = in[8];
+  options.delta_softplus = true;
+  options.return_final_state = true;
+  options.return_states = true;
+  return options;
+}
+
+// y, final state and per-step states of the K routes, flattened and joined.
+Tensor flatten_result(const ops::SelectiveScanResult& r) {
+  return ops::concat({ops::reshape(r.y, {-1}), ops::reshape(r.final_state, {-1}), ops::reshape(r.states, {-1})}, 0);
+}
+
+Tensor routes_in_one_launch(const RoutesCase& c, const std::vector<Tensor>& in) {
+  return flatten_result(ops::selective_scan_routes(in[0], in[1], in[2], in[3], in[4], c.reversed, route_options(in)));
+}
+
+// The same as K calls of selective_scan, route k on the slices [:, k] (or [k]).
+Tensor routes_one_by_one(const RoutesCase& c, const std::vector<Tensor>& in) {
+  std::vector<Tensor> y, final_state, states;
+  for (int64_t k = 0; k < c.routes; ++k) {
+    auto route = [k](const Tensor& t, int dim) { return ops::squeeze(ops::slice(t, dim, k, k + 1), dim); };
+    ops::SelectiveScanOptions options = route_options(in);
+    options.D = route(in[5], 0);
+    options.z = route(in[6], 1);
+    options.delta_bias = route(in[7], 0);
+    options.initial_state = route(in[8], 1);
+    options.reverse = c.reversed[k];
+    ops::SelectiveScanResult r = ops::selective_scan(route(in[0], 1), route(in[1], 1), route(in[2], 0),
+                                                     route(in[3], 1), route(in[4], 1), options);
+    y.push_back(ops::unsqueeze(r.y, 1));
+    final_state.push_back(ops::unsqueeze(r.final_state, 1));
+    states.push_back(ops::unsqueeze(r.states, 1));
+  }
+  return flatten_result({ops::concat(y, 1), ops::concat(final_state, 1), ops::concat(states, 1)});
+}
+
+}  // namespace
+
+TEST_CASE("selective_scan_routes gives exactly the K separate scans, values and gradients") {
+  for (int64_t d_state : {int64_t{1}, int64_t{3}}) {
+    CAPTURE(d_state);
+    RoutesCase c;
+    c.routes = 4, c.d_state = d_state, c.reversed = {false, true, true, false};
+    std::vector<Tensor> in = make_route_inputs(c, 1000 + d_state);
+    auto gradients = [&](auto&& f) {
+      for (Tensor t : in) t.zero_grad();
+      Tensor out = f(c, in);
+      autograd::backward(ops::sum(ops::mul(out, testing::random(out.shape(), 7))));
+      std::vector<std::vector<double>> result{out.to_vector<double>()};
+      for (const Tensor& t : in) result.push_back(t.grad().to_vector<double>());
+      return result;
+    };
+    std::vector<std::vector<double>> together = gradients(routes_in_one_launch);
+    std::vector<std::vector<double>> apart = gradients(routes_one_by_one);
+    // The same arithmetic in the same order per channel: equal to the last bit.
+    for (size_t i = 0; i < together.size(); ++i) CHECK_MESSAGE(together[i] == apart[i], "result " << i);
+  }
+}
+
+TEST_CASE("selective_scan_routes gradients match finite differences") {
+  RoutesCase c;
+  SUBCASE("three routes, two reversed, N = 3") {}
+  SUBCASE("two routes, N = 1, one group") {
+    c.routes = 2, c.d_state = 1, c.groups = 1, c.reversed = {true, false};
+  }
+  SUBCASE("no reversed flags") {
+    c.reversed = {};
+  }
+  std::vector<Tensor> in = make_route_inputs(c, 1100);
+  testing::check_gradients([&](const std::vector<Tensor>& xs) { return routes_in_one_launch(c, xs); }, in);
+}
+
+TEST_CASE("selective_scan_routes errors name the routes' shapes") {
+  RoutesCase c;
+  std::vector<Tensor> in = make_route_inputs(c, 1200);
+  auto scan = [&](const std::vector<Tensor>& x, const std::vector<bool>& reversed,
+                  const ops::SelectiveScanOptions& options = {}) {
+    return ops::selective_scan_routes(x[0], x[1], x[2], x[3], x[4], reversed, options);
+  };
+  std::vector<Tensor> bad = in;
+  bad[0] = ops::reshape(in[0], {2, 12, 5});
+  CHECK_THROWS_WITH_AS(scan(bad, c.reversed),
+                       doctest::Contains("selective_scan_routes: u float64[2, 12, 5] on cpu must be (batch, K, "
+                                         "d_inner, length)"),
+                       Error);
+  CHECK_THROWS_WITH_AS(scan(in, {true, false}), doctest::Contains("2 reversed flags for the K = 3 routes"), Error);
+  bad = in;
+  bad[2] = testing::random({2, 4, 3}, 1);
+  CHECK_THROWS_WITH_AS(scan(bad, c.reversed),
+                       doctest::Contains("A float64[2, 4, 3] on cpu must have shape [3, 4, 3] (K, d_inner, N)"), Error);
+  bad = in;
+  bad[4] = testing::random({2, 3, 2, 3, 4}, 1);
+  CHECK_THROWS_WITH_AS(scan(bad, c.reversed),
+                       doctest::Contains("C float64[2, 3, 2, 3, 4] on cpu must have shape [2, 3, 2, 3, 5]"), Error);
+  ops::SelectiveScanOptions options;
+  options.D = testing::random({12}, 1);
+  CHECK_THROWS_WITH_AS(scan(in, c.reversed, options),
+                       doctest::Contains("D float64[12] on cpu must have shape [3, 4] (K, d_inner)"), Error);
+  options = {};
+  options.reverse = true;
+  CHECK_THROWS_WITH_AS(scan(in, c.reversed, options), doctest::Contains("options.reverse must be false"), Error);
+  std::vector<Tensor> many{Tensor::zeros({1, 65, 1, 2}, DType::Float64), Tensor::zeros({1, 65, 1, 2}, DType::Float64),
+                           Tensor::zeros({65, 1, 1}, DType::Float64), Tensor::zeros({1, 65, 1, 1, 2}, DType::Float64),
+                           Tensor::zeros({1, 65, 1, 1, 2}, DType::Float64)};
+  CHECK_THROWS_WITH_AS(scan(many, {}), doctest::Contains("K = 65 routes"), Error);
 }
 
 TEST_CASE("selective_scan on many channels runs threaded and gives the same bits on one thread") {

@@ -5,6 +5,8 @@
 // accumulation.
 #pragma once
 
+#include <vector>
+
 #include "strata/core/tensor.h"
 
 namespace strata::ops {
@@ -23,6 +25,14 @@ namespace strata::ops {
 // share one dtype; A, D, delta_bias and initial_state have it too or are float32.
 // The backward pass recomputes the states rather than storing (batch, length,
 // d_inner, N); every input gets a gradient.
+//
+// return_states adds the state after every step, h_t for each position t (A2Mamba
+// and Spatial-Mamba read them), as (batch, d_inner, length, N): each channel's
+// states contiguous, position t at [b, d, t, :] in either direction (with
+// `reverse`, h_t has seen positions t .. length-1). It is differentiable: its
+// gradient joins the adjoint of h_t in the backward scan and so reaches u, delta,
+// A, B, C, delta_bias and initial_state. It costs N floats per element of u, the
+// memory the backward pass otherwise avoids.
 struct SelectiveScanOptions {
   Tensor D;              // (d_inner): skip connection, y += D u
   Tensor z;              // (batch, d_inner, length): gate, y *= silu(z)
@@ -31,15 +41,39 @@ struct SelectiveScanOptions {
   bool delta_softplus = false;
   bool reverse = false;
   bool return_final_state = false;
+  bool return_states = false;
 };
 
 struct SelectiveScanResult {
   Tensor y;            // (batch, d_inner, length), u's dtype
   Tensor final_state;  // (batch, d_inner, N) after the last step, when asked for: float32 (float64 for float64 u)
+  Tensor states;       // (batch, d_inner, length, N) after each step, when asked for: final_state's dtype
 };
 
 SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
                                    const Tensor& C, const SelectiveScanOptions& options = {});
+
+// ---- K routes in one launch -----------------------------------------------------
+// VMamba-style multi-direction scans: K independent selective scans, route k with
+// its own u, delta, B, C, z and its own parameters A, D, delta_bias, each running
+// forward or (reversed[k]) from the last position to the first, all in one kernel
+// launch (the grid covers batch x K x channel blocks). Route k gives exactly what
+// selective_scan gives on the route-k slices with reverse = reversed[k].
+//
+// u, delta, z: (batch, K, d_inner, length); A: (K, d_inner, N);
+// B, C: (batch, K, groups, N, length); D, delta_bias: (K, d_inner);
+// initial_state: (batch, K, d_inner, N); reversed: K flags, or empty for none;
+// 1 <= K <= 64. options.reverse must be false (reversed says it per route); the
+// other options are selective_scan's. Results: y (batch, K, d_inner, length),
+// final_state (batch, K, d_inner, N), states (batch, K, d_inner, length, N).
+//
+// These layouts are the single scan's with the routes folded into the channels
+// (K * d_inner channels in K * groups groups), so the routes cost no copies of
+// contiguous inputs. route_gather (ops/routes.h) gives K routed sequences as
+// (batch, K, length, channels); transposing the last two dims gives u's layout.
+SelectiveScanResult selective_scan_routes(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                                          const Tensor& C, const std::vector<bool>& reversed,
+                                          const SelectiveScanOptions& options = {});
 
 // One position of the forward scan, for generation: u, delta, z (batch, d_inner);
 // B, C (batch, groups, N); A, D, delta_bias as above. `state` (batch, d_inner, N),

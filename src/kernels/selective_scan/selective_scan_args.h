@@ -13,7 +13,14 @@
 // with h before the first step = initial_state[b,d,n] (zero when absent); the state
 // after the last step is the final state. Shapes: u, delta, z (batch, d_inner,
 // length); A (d_inner, N); B, C (batch, groups, N, length); D, delta_bias (d_inner);
-// states (batch, d_inner, N). All contiguous.
+// states (batch, d_inner, N); per-step states (batch, d_inner, length, N), the
+// state after the step at position t in [b, d, t, :]. All contiguous.
+//
+// Routes: the channels may hold `routes` independent scans (VMamba's K directions)
+// folded in, route r owning channels [r, r + 1) * d_inner / routes and groups
+// [r, r + 1) * groups / routes (routes divides groups, so no group, and no CUDA
+// block, spans two routes). Route r runs reversed when bit r of reversed_routes
+// is set, or when `reverse` is (then every route does).
 //
 // `Value` is the element type of the activations (u, delta, B, C, z and the output);
 // `State` that of the parameters and states (A, D, delta_bias, initial and final
@@ -36,8 +43,14 @@ struct SelectiveScanSizes {
   int64_t groups = 1;
   bool delta_softplus = false;
   bool reverse = false;
+  int64_t routes = 1;             // divides groups; at most 64
+  uint64_t reversed_routes = 0;   // bit r: route r runs from the last position to the first
 
   STRATA_HOST_DEVICE int64_t channels_per_group() const { return d_inner / groups; }
+  // Whether channel d's scan runs from the last position to the first.
+  STRATA_HOST_DEVICE bool reversed(int64_t d) const {
+    return reverse || ((reversed_routes >> (d / (d_inner / routes))) & 1u) != 0;
+  }
 };
 
 template <class Value, class State>
@@ -51,6 +64,15 @@ struct SelectiveScanInputs {
   const Value* z = nullptr;              // (batch, d_inner, length) or null
   const State* delta_bias = nullptr;     // (d_inner) or null
   const State* initial_state = nullptr;  // (batch, d_inner, N) or null
+};
+
+// What the forward pass writes: out (batch, d_inner, length) always; final_state
+// (batch, d_inner, N) and states (batch, d_inner, length, N) when not null.
+template <class Value, class State>
+struct SelectiveScanOutputs {
+  Value* out = nullptr;
+  State* final_state = nullptr;
+  State* states = nullptr;
 };
 
 // Activation gradients (du, ddelta, dz) are assigned. The others are sums and

@@ -36,7 +36,7 @@ struct Channel {
   int64_t group() const { return d / sizes.channels_per_group(); }
   int64_t row() const { return (b * sizes.d_inner + d) * sizes.length; }         // (b, d, 0)
   int64_t state_row() const { return (b * sizes.d_inner + d) * sizes.d_state; }  // (b, d, 0) of a state
-  int64_t position(int64_t step) const { return sizes.reverse ? sizes.length - 1 - step : step; }
+  int64_t position(int64_t step) const { return sizes.reversed(d) ? sizes.length - 1 - step : step; }
 
   T u(int64_t t) const { return in.u[row() + t]; }
   T z(int64_t t) const { return in.z[row() + t]; }
@@ -73,9 +73,12 @@ struct StepValues {
   }
 };
 
-// States h[s] (after step s) and adjoints g[s] = dL/dh_s of one state n of a channel.
+// States h[s] (after step s) and adjoints g[s] = dL/dh_s of one state n of a channel;
+// grad_states (batch, d_inner, length, N) or null: the gradient reaching h_s
+// directly from the per-step states output.
 template <class T>
-void state_and_adjoint(const Channel<T>& ch, int64_t n, const StepValues<T>& steps, T grad_final, T* h, T* g) {
+void state_and_adjoint(const Channel<T>& ch, int64_t n, const StepValues<T>& steps, T grad_final,
+                       const T* grad_states, T* h, T* g) {
   const int64_t length = ch.sizes.length;
   T state = ch.initial_state(n);
   for (int64_t s = 0; s < length; ++s) {
@@ -84,7 +87,9 @@ void state_and_adjoint(const Channel<T>& ch, int64_t n, const StepValues<T>& ste
   }
   T carry = grad_final;  // exp(delta_{s+1} A) g_{s+1}: what h_s passes on to later steps
   for (int64_t s = length - 1; s >= 0; --s) {
-    g[s] = steps.dy[s] * ch.C(n, ch.position(s)) + carry;
+    const int64_t t = ch.position(s);
+    g[s] = steps.dy[s] * ch.C(n, t) + carry;
+    if (grad_states) g[s] += grad_states[(ch.row() + t) * ch.sizes.d_state + n];
     carry = std::exp(steps.delta[s] * ch.A(n)) * g[s];
   }
 }
@@ -92,8 +97,8 @@ void state_and_adjoint(const Channel<T>& ch, int64_t n, const StepValues<T>& ste
 }  // namespace
 
 template <class T>
-void selective_scan_forward_cpu(const SelectiveScanSizes& sizes, const SelectiveScanInputs<T, T>& inputs, T* out,
-                                T* final_state) {
+void selective_scan_forward_cpu(const SelectiveScanSizes& sizes, const SelectiveScanInputs<T, T>& inputs,
+                                const SelectiveScanOutputs<T, T>& outputs) {
   const int64_t N = sizes.d_state;
 #pragma omp parallel if (worth_threads(sizes))
   {
@@ -110,21 +115,25 @@ void selective_scan_forward_cpu(const SelectiveScanSizes& sizes, const Selective
           h[n] = std::exp(delta * ch.A(n)) * h[n] + delta * ch.B(n, t) * u;
           y += ch.C(n, t) * h[n];
         }
+        if (outputs.states)
+          for (int64_t n = 0; n < N; ++n) outputs.states[(ch.row() + t) * N + n] = h[n];
         if (inputs.z) y *= ch.z(t) * sigmoid(ch.z(t));
-        out[ch.row() + t] = y;
+        outputs.out[ch.row() + t] = y;
       }
-      if (final_state)
-        for (int64_t n = 0; n < N; ++n) final_state[ch.state_row() + n] = h[n];
+      if (outputs.final_state)
+        for (int64_t n = 0; n < N; ++n) outputs.final_state[ch.state_row() + n] = h[n];
     }
   }
 }
 
 template <class T>
 void selective_scan_backward_cpu(const SelectiveScanSizes& sizes, const SelectiveScanInputs<T, T>& inputs,
-                                 const T* grad_out, const T* grad_final_state, const SelectiveScanGrads<T, T>& grads) {
+                                 const SelectiveScanOutputs<const T, const T>& output_grads,
+                                 const SelectiveScanGrads<T, T>& grads) {
   const int64_t N = sizes.d_state, length = sizes.length;
+  const T* grad_out = output_grads.out;
   auto grad_final = [&](const Channel<T>& ch, int64_t n) {
-    return grad_final_state ? grad_final_state[ch.state_row() + n] : T(0);
+    return output_grads.final_state ? output_grads.final_state[ch.state_row() + n] : T(0);
   };
 
   // Pass 1, per channel d (the batch inside, so dA, dD and ddelta_bias of d are one
@@ -144,7 +153,7 @@ void selective_scan_backward_cpu(const SelectiveScanSizes& sizes, const Selectiv
           y[s] = ch.D() * steps.u[s];  // y before the gate, for dz
         }
         for (int64_t n = 0; n < N; ++n) {
-          state_and_adjoint(ch, n, steps, grad_final(ch, n), h.data(), g.data());
+          state_and_adjoint(ch, n, steps, grad_final(ch, n), output_grads.states, h.data(), g.data());
           for (int64_t s = 0; s < length; ++s) {
             int64_t t = ch.position(s);
             T decay = std::exp(steps.delta[s] * ch.A(n));
@@ -189,7 +198,7 @@ void selective_scan_backward_cpu(const SelectiveScanSizes& sizes, const Selectiv
       for (int64_t d = group * channels; d < (group + 1) * channels; ++d) {
         Channel<T> ch{sizes, inputs, b, d};
         steps.fill(ch, grad_out);
-        state_and_adjoint(ch, n, steps, grad_final(ch, n), h.data(), g.data());
+        state_and_adjoint(ch, n, steps, grad_final(ch, n), output_grads.states, h.data(), g.data());
         for (int64_t s = 0; s < length; ++s) {
           int64_t t = ch.position(s);
           dB[t] += g[s] * steps.delta[s] * steps.u[s];
@@ -201,13 +210,14 @@ void selective_scan_backward_cpu(const SelectiveScanSizes& sizes, const Selectiv
 }
 
 template void selective_scan_forward_cpu<float>(const SelectiveScanSizes&, const SelectiveScanInputs<float, float>&,
-                                                float*, float*);
+                                                const SelectiveScanOutputs<float, float>&);
 template void selective_scan_forward_cpu<double>(const SelectiveScanSizes&, const SelectiveScanInputs<double, double>&,
-                                                 double*, double*);
+                                                 const SelectiveScanOutputs<double, double>&);
 template void selective_scan_backward_cpu<float>(const SelectiveScanSizes&, const SelectiveScanInputs<float, float>&,
-                                                 const float*, const float*, const SelectiveScanGrads<float, float>&);
+                                                 const SelectiveScanOutputs<const float, const float>&,
+                                                 const SelectiveScanGrads<float, float>&);
 template void selective_scan_backward_cpu<double>(const SelectiveScanSizes&, const SelectiveScanInputs<double, double>&,
-                                                  const double*, const double*,
+                                                  const SelectiveScanOutputs<const double, const double>&,
                                                   const SelectiveScanGrads<double, double>&);
 
 }  // namespace strata::kernels

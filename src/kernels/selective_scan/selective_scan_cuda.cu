@@ -19,6 +19,13 @@
 // y + D u into the delta tile (its column was just read). The gate and the store
 // to global memory run over the tile, coalesced again.
 //
+// With per-step states asked for, each thread also stores its states after every
+// step straight from registers into (batch, d_inner, length, N): the `lanes` threads
+// of a channel write adjacent floats.
+//
+// Routes (sizes.routes > 1) need nothing of the tiling: a block's channels lie in
+// one group and so in one route, whose direction the block reads once.
+//
 // The forward pass stores the state entering each chunk (checkpoints,
 // (batch, d_inner, n_chunks, N) float32, N / kChunk floats per channel and position:
 // 1/32 for N = 1, 1 for N = 16) when a backward pass will follow. The backward
@@ -29,7 +36,8 @@
 //      per-step states ever stored), and y before the gate when there is a gate;
 //   2. turns the output gradient into dy = dout silu(z) and writes dz (coalesced);
 //   3. sweeps the chunk in reverse with the adjoint g = dL/dh in registers:
-//        g += C dy;  dA += g delta exp(delta A) h_prev;  du, ddelta += sums over n;
+//        g += C dy (+ the gradient of the per-step state, when they were output);
+//        dA += g delta exp(delta A) h_prev;  du, ddelta += sums over n;
 //        dB += g delta u;  dC += dy h;  g = exp(delta A) g  (to the previous step),
 //      recomputing exp(delta A). du and ddelta are summed over the lanes of a
 //      channel with shuffles; dB and dC, which sum over channels, are added over
@@ -108,6 +116,7 @@ int slots_for(int64_t d_state) { return d_state == 1 ? 1 : d_state <= 16 ? 4 : 8
 struct BlockPlace {
   int64_t b, group, first_channel;
   int channels;
+  bool reversed;  // the direction of the block's route
 };
 
 __device__ BlockPlace locate_block(const LaunchGeometry& geometry) {
@@ -120,11 +129,12 @@ __device__ BlockPlace locate_block(const LaunchGeometry& geometry) {
   place.first_channel = place.group * s.channels_per_group() + in_group * geometry.channels_per_block;
   const int64_t remaining = s.channels_per_group() - in_group * geometry.channels_per_block;
   place.channels = static_cast<int>(remaining < geometry.channels_per_block ? remaining : geometry.channels_per_block);
+  place.reversed = s.reversed(place.first_channel);
   return place;
 }
 
-__device__ __forceinline__ int64_t position_of(const SelectiveScanSizes& s, int64_t step) {
-  return s.reverse ? s.length - 1 - step : step;
+__device__ __forceinline__ int64_t position_of(const SelectiveScanSizes& s, const BlockPlace& place, int64_t step) {
+  return place.reversed ? s.length - 1 - step : step;
 }
 
 // Stages steps [step0, step0 + count) of the block: u and delta (bias and softplus
@@ -141,7 +151,7 @@ __device__ void stage_chunk(const LaunchGeometry& geometry, const BlockPlace& pl
     float u = 0.0f, delta = 0.0f;
     if (c < place.channels && j < count) {
       const int64_t d = place.first_channel + c;
-      const int64_t index = (place.b * s.d_inner + d) * s.length + position_of(s, step0 + j);
+      const int64_t index = (place.b * s.d_inner + d) * s.length + position_of(s, place, step0 + j);
       u = load(in.u, index);
       delta = load(in.delta, index) + (in.delta_bias ? in.delta_bias[d] : 0.0f);
       if (s.delta_softplus) delta = softplus(delta);
@@ -154,7 +164,7 @@ __device__ void stage_chunk(const LaunchGeometry& geometry, const BlockPlace& pl
     const int n = i / kChunk, j = i % kChunk;
     float b_value = 0.0f, c_value = 0.0f;
     if (j < count) {
-      const int64_t index = (bc_row + n) * s.length + position_of(s, step0 + j);
+      const int64_t index = (bc_row + n) * s.length + position_of(s, place, step0 + j);
       b_value = load(in.B, index);
       c_value = load(in.C, index);
     }
@@ -165,8 +175,8 @@ __device__ void stage_chunk(const LaunchGeometry& geometry, const BlockPlace& pl
 
 template <class T, int kSlots>
 __global__ void __launch_bounds__(kThreads)
-    selective_scan_forward_kernel(const LaunchGeometry geometry, const SelectiveScanInputs<T, float> in, T* out,
-                                  float* final_state, float* checkpoints) {
+    selective_scan_forward_kernel(const LaunchGeometry geometry, const SelectiveScanInputs<T, float> in,
+                                  const SelectiveScanOutputs<T, float> outputs, float* checkpoints) {
   constexpr int kChunk = Tiling<kSlots>::kChunk, kPitch = Tiling<kSlots>::kPitch;
   const SelectiveScanSizes& s = geometry.sizes;
   const int N = static_cast<int>(s.d_state), lanes = geometry.lanes;
@@ -217,6 +227,13 @@ __global__ void __launch_bounds__(kThreads)
           y += C_tile[n * kPitch + j] * h[k];
         }
       }
+      if (outputs.states && has_channel) {
+        float* states_row =
+            outputs.states + ((place.b * s.d_inner + d) * s.length + position_of(s, place, step0 + j)) * N;
+#pragma unroll
+        for (int k = 0; k < kSlots; ++k)
+          if (lane + k * lanes < N) states_row[lane + k * lanes] = h[k];
+      }
       y = sum_over_lanes(y, lanes);
       if (lanes > 1) __syncwarp();  // every lane has read delta_tile[c][j] before lane 0 overwrites it
       if (lane == 0) delta_tile[c * kPitch + j] = y + D * u;
@@ -226,22 +243,23 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = threadIdx.x; i < geometry.channels_per_block * kChunk; i += kThreads) {
       const int cc = i / kChunk, j = i % kChunk;
       if (cc >= place.channels || j >= count) continue;
-      const int64_t index = (place.b * s.d_inner + place.first_channel + cc) * s.length + position_of(s, step0 + j);
+      const int64_t index =
+          (place.b * s.d_inner + place.first_channel + cc) * s.length + position_of(s, place, step0 + j);
       float y = delta_tile[cc * kPitch + j];
       if (in.z) {
         const float z = load(in.z, index);
         y *= z * sigmoid(z);
       }
-      store(out, index, y);
+      store(outputs.out, index, y);
     }
     __syncthreads();  // the tiles are staged again for the next chunk
   }
 
-  if (final_state) {
+  if (outputs.final_state) {
 #pragma unroll
     for (int k = 0; k < kSlots; ++k) {
       const int n = lane + k * lanes;
-      if (has_channel && n < N) final_state[state_row + n] = h[k];
+      if (has_channel && n < N) outputs.final_state[state_row + n] = h[k];
     }
   }
 }
@@ -249,7 +267,8 @@ __global__ void __launch_bounds__(kThreads)
 template <class T, int kSlots>
 __global__ void __launch_bounds__(kThreads)
     selective_scan_backward_kernel(const LaunchGeometry geometry, const SelectiveScanInputs<T, float> in,
-                                   const float* checkpoints, const T* grad_out, const float* grad_final_state,
+                                   const float* checkpoints,
+                                   const SelectiveScanOutputs<const T, const float> output_grads,
                                    const SelectiveScanGrads<T, float> grads) {
   constexpr int kChunk = Tiling<kSlots>::kChunk, kPitch = Tiling<kSlots>::kPitch;
   const SelectiveScanSizes& s = geometry.sizes;
@@ -278,7 +297,7 @@ __global__ void __launch_bounds__(kThreads)
     const int n = lane + k * lanes;
     const bool owned = has_channel && n < N;
     A[k] = owned ? in.A[d * N + n] : 0.0f;
-    adjoint[k] = owned && grad_final_state ? grad_final_state[state_row + n] : 0.0f;
+    adjoint[k] = owned && output_grads.final_state ? output_grads.final_state[state_row + n] : 0.0f;
     dA[k] = 0.0f;
   }
   const float D = has_channel && in.D ? in.D[d] : 0.0f;
@@ -323,8 +342,9 @@ __global__ void __launch_bounds__(kThreads)
       const int cc = i / kChunk, j = i % kChunk;
       float dy = 0.0f;
       if (cc < place.channels && j < count) {
-        const int64_t index = (place.b * s.d_inner + place.first_channel + cc) * s.length + position_of(s, step0 + j);
-        const float dout = load(grad_out, index);
+        const int64_t index =
+          (place.b * s.d_inner + place.first_channel + cc) * s.length + position_of(s, place, step0 + j);
+        const float dout = load(output_grads.out, index);
         if (in.z) {
           const float z = load(in.z, index), gate = sigmoid(z);
           store(grads.dz, index, dout * dy_tile[cc * kPitch + j] * gate * (1.0f + z * (1.0f - gate)));
@@ -341,6 +361,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = count - 1; j >= 0; --j) {
       const float delta = delta_tile[c * kPitch + j], u = u_tile[c * kPitch + j], dy = dy_tile[c * kPitch + j];
       const float delta_u = delta * u;
+      // (b, d, t, 0) of the per-step states' gradient, when the states were an output.
+      const float* grad_states_row =
+          output_grads.states && has_channel
+              ? output_grads.states + ((place.b * s.d_inner + d) * s.length + position_of(s, place, step0 + j)) * N
+              : nullptr;
       float du = 0.0f, ddelta = 0.0f, dB[kSlots], dC[kSlots];
 #pragma unroll
       for (int k = 0; k < kSlots; ++k) {
@@ -351,7 +376,7 @@ __global__ void __launch_bounds__(kThreads)
           const float B = B_tile[n * kPitch + j], C = C_tile[n * kPitch + j];
           const float decay = __expf(delta * A[k]);
           const float previous = history[(j * kSlots + k) * kThreads + threadIdx.x];
-          const float g = adjoint[k] + dy * C;  // dL/dh at this step
+          const float g = adjoint[k] + dy * C + (grad_states_row ? grad_states_row[n] : 0.0f);  // dL/dh here
           dC[k] = dy * (decay * previous + delta_u * B);
           dB[k] = g * delta_u;
           du += g * delta * B;
@@ -393,14 +418,15 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = threadIdx.x; i < channels * kChunk; i += kThreads) {
       const int cc = i / kChunk, j = i % kChunk;
       if (cc >= place.channels || j >= count) continue;
-      const int64_t index = (place.b * s.d_inner + place.first_channel + cc) * s.length + position_of(s, step0 + j);
+      const int64_t index =
+          (place.b * s.d_inner + place.first_channel + cc) * s.length + position_of(s, place, step0 + j);
       store(grads.du, index, u_tile[cc * kPitch + j]);
       store(grads.ddelta, index, delta_tile[cc * kPitch + j]);
     }
     for (int i = threadIdx.x; i < N * kChunk; i += kThreads) {
       const int n = i / kChunk, j = i % kChunk;
       if (j >= count) continue;
-      const int64_t index = (bc_row + n) * s.length + position_of(s, step0 + j);
+      const int64_t index = (bc_row + n) * s.length + position_of(s, place, step0 + j);
       atomicAdd(&grads.dB[index], dB_tile[n * kPitch + j]);
       atomicAdd(&grads.dC[index], dC_tile[n * kPitch + j]);
     }
@@ -461,6 +487,14 @@ SelectiveScanInputs<T, float> typed(const SelectiveScanInputs<void, float>& in) 
           in.initial_state};
 }
 template <class T>
+SelectiveScanOutputs<T, float> typed(const SelectiveScanOutputs<void, float>& o) {
+  return {static_cast<T*>(o.out), o.final_state, o.states};
+}
+template <class T>
+SelectiveScanOutputs<const T, const float> typed(const SelectiveScanOutputs<const void, const float>& o) {
+  return {static_cast<const T*>(o.out), o.final_state, o.states};
+}
+template <class T>
 SelectiveScanGrads<T, float> typed(const SelectiveScanGrads<void, float>& g) {
   return {static_cast<T*>(g.du), static_cast<T*>(g.ddelta), static_cast<T*>(g.dz), g.dA, g.dB, g.dC, g.dD,
           g.ddelta_bias,         g.dinitial_state};
@@ -491,60 +525,61 @@ void allow_shared_memory(Kernel kernel, size_t bytes) {
 }
 
 template <class T, int kSlots>
-void launch_forward(const SelectiveScanSizes& sizes, const SelectiveScanInputs<void, float>& inputs, void* out,
-                    float* final_state, float* checkpoints) {
+void launch_forward(const SelectiveScanSizes& sizes, const SelectiveScanInputs<void, float>& inputs,
+                    const SelectiveScanOutputs<void, float>& outputs, float* checkpoints) {
   const LaunchGeometry geometry = make_geometry<kSlots>(sizes);
   const size_t bytes = sizeof(float) * (2 * geometry.channels_per_block + 2 * sizes.d_state) * Tiling<kSlots>::kPitch;
   auto kernel = selective_scan_forward_kernel<T, kSlots>;
   allow_shared_memory(kernel, bytes);
-  kernel<<<grid_size(geometry), kThreads, bytes, cuda::stream()>>>(geometry, typed<T>(inputs), static_cast<T*>(out),
-                                                                   final_state, checkpoints);
+  kernel<<<grid_size(geometry), kThreads, bytes, cuda::stream()>>>(geometry, typed<T>(inputs), typed<T>(outputs),
+                                                                   checkpoints);
   STRATA_CUDA_CHECK_LAUNCH("selective_scan_forward_kernel");
 }
 
 template <class T, int kSlots>
 void launch_backward(const SelectiveScanSizes& sizes, const SelectiveScanInputs<void, float>& inputs,
-                     const float* checkpoints, const void* grad_out, const float* grad_final_state,
+                     const float* checkpoints, const SelectiveScanOutputs<const void, const float>& output_grads,
                      const SelectiveScanGrads<void, float>& grads) {
   const LaunchGeometry geometry = make_geometry<kSlots>(sizes);
   const size_t bytes = sizeof(float) * ((3 * geometry.channels_per_block + 4 * sizes.d_state) * Tiling<kSlots>::kPitch +
                                         Tiling<kSlots>::kChunk * kSlots * kThreads);
   auto kernel = selective_scan_backward_kernel<T, kSlots>;
   allow_shared_memory(kernel, bytes);
-  kernel<<<grid_size(geometry), kThreads, bytes, cuda::stream()>>>(
-      geometry, typed<T>(inputs), checkpoints, static_cast<const T*>(grad_out), grad_final_state, typed<T>(grads));
+  kernel<<<grid_size(geometry), kThreads, bytes, cuda::stream()>>>(geometry, typed<T>(inputs), checkpoints,
+                                                                   typed<T>(output_grads), typed<T>(grads));
   STRATA_CUDA_CHECK_LAUNCH("selective_scan_backward_kernel");
 }
 
 template <class T>
-void forward_for_state_size(const SelectiveScanSizes& sizes, const SelectiveScanInputs<void, float>& inputs, void* out,
-                            float* final_state, float* checkpoints) {
+void forward_for_state_size(const SelectiveScanSizes& sizes, const SelectiveScanInputs<void, float>& inputs,
+                            const SelectiveScanOutputs<void, float>& outputs, float* checkpoints) {
   switch (slots_for(sizes.d_state)) {
     case 1:
-      launch_forward<T, 1>(sizes, inputs, out, final_state, checkpoints);
+      launch_forward<T, 1>(sizes, inputs, outputs, checkpoints);
       break;
     case 4:
-      launch_forward<T, 4>(sizes, inputs, out, final_state, checkpoints);
+      launch_forward<T, 4>(sizes, inputs, outputs, checkpoints);
       break;
     default:
-      launch_forward<T, 8>(sizes, inputs, out, final_state, checkpoints);
+      launch_forward<T, 8>(sizes, inputs, outputs, checkpoints);
       break;
   }
 }
 
 template <class T>
 void backward_for_state_size(const SelectiveScanSizes& sizes, const SelectiveScanInputs<void, float>& inputs,
-                             const float* checkpoints, const void* grad_out, const float* grad_final_state,
+                             const float* checkpoints,
+                             const SelectiveScanOutputs<const void, const float>& output_grads,
                              const SelectiveScanGrads<void, float>& grads) {
   switch (slots_for(sizes.d_state)) {
     case 1:
-      launch_backward<T, 1>(sizes, inputs, checkpoints, grad_out, grad_final_state, grads);
+      launch_backward<T, 1>(sizes, inputs, checkpoints, output_grads, grads);
       break;
     case 4:
-      launch_backward<T, 4>(sizes, inputs, checkpoints, grad_out, grad_final_state, grads);
+      launch_backward<T, 4>(sizes, inputs, checkpoints, output_grads, grads);
       break;
     default:
-      launch_backward<T, 8>(sizes, inputs, checkpoints, grad_out, grad_final_state, grads);
+      launch_backward<T, 8>(sizes, inputs, checkpoints, output_grads, grads);
       break;
   }
 }
@@ -566,14 +601,14 @@ int64_t selective_scan_cuda_chunk_length(int64_t d_state) {
 }
 
 bool selective_scan_forward_cuda(DType dtype, const SelectiveScanSizes& sizes,
-                                 const SelectiveScanInputs<void, float>& inputs, void* out, float* final_state,
-                                 float* checkpoints) {
+                                 const SelectiveScanInputs<void, float>& inputs,
+                                 const SelectiveScanOutputs<void, float>& outputs, float* checkpoints) {
   switch (dtype) {
     case DType::Float32:
-      forward_for_state_size<float>(sizes, inputs, out, final_state, checkpoints);
+      forward_for_state_size<float>(sizes, inputs, outputs, checkpoints);
       return true;
     case DType::BFloat16:
-      forward_for_state_size<__nv_bfloat16>(sizes, inputs, out, final_state, checkpoints);
+      forward_for_state_size<__nv_bfloat16>(sizes, inputs, outputs, checkpoints);
       return true;
     default:
       return false;
@@ -582,14 +617,14 @@ bool selective_scan_forward_cuda(DType dtype, const SelectiveScanSizes& sizes,
 
 bool selective_scan_backward_cuda(DType dtype, const SelectiveScanSizes& sizes,
                                   const SelectiveScanInputs<void, float>& inputs, const float* checkpoints,
-                                  const void* grad_out, const float* grad_final_state,
+                                  const SelectiveScanOutputs<const void, const float>& output_grads,
                                   const SelectiveScanGrads<void, float>& grads) {
   switch (dtype) {
     case DType::Float32:
-      backward_for_state_size<float>(sizes, inputs, checkpoints, grad_out, grad_final_state, grads);
+      backward_for_state_size<float>(sizes, inputs, checkpoints, output_grads, grads);
       return true;
     case DType::BFloat16:
-      backward_for_state_size<__nv_bfloat16>(sizes, inputs, checkpoints, grad_out, grad_final_state, grads);
+      backward_for_state_size<__nv_bfloat16>(sizes, inputs, checkpoints, output_grads, grads);
       return true;
     default:
       return false;

@@ -22,15 +22,17 @@ constexpr int64_t kSelectiveScanCudaMaxState = 256;
 int64_t selective_scan_cuda_chunk_length(int64_t d_state);
 
 // checkpoints: (batch, d_inner, n_chunks, N) with n_chunks = ceil(length / chunk
-// length), or null when no backward pass will follow. final_state may be null.
+// length), or null when no backward pass will follow. outputs.final_state and
+// outputs.states may be null.
 bool selective_scan_forward_cuda(DType dtype, const SelectiveScanSizes& sizes,
-                                 const SelectiveScanInputs<void, float>& inputs, void* out, float* final_state,
-                                 float* checkpoints);
+                                 const SelectiveScanInputs<void, float>& inputs,
+                                 const SelectiveScanOutputs<void, float>& outputs, float* checkpoints);
 
-// checkpoints from the forward pass over the same inputs; grad_final_state may be null.
+// checkpoints from the forward pass over the same inputs; output_grads.final_state
+// and output_grads.states may be null.
 bool selective_scan_backward_cuda(DType dtype, const SelectiveScanSizes& sizes,
                                   const SelectiveScanInputs<void, float>& inputs, const float* checkpoints,
-                                  const void* grad_out, const float* grad_final_state,
+                                  const SelectiveScanOutputs<const void, const float>& output_grads,
                                   const SelectiveScanGrads<void, float>& grads);
 
 // One position (sizes.length == 1, sizes.reverse false, inputs.initial_state null):
