@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <optional>
 
 #include "kernels/grouped_gemm/grouped_gemm_cpu.h"
 #include "kernels/moe/moe_cpu.h"
@@ -460,6 +461,12 @@ Tensor grouped_linear(const Tensor& x_sorted, const Tensor& weight, const Tensor
                weight.str());
   STRATA_CHECK(offsets.size(0) == experts + 1, "{}: offsets {} must have experts + 1 = {} entries for weight {}", op,
                offsets.str(), experts + 1, weight.str());
+  if (std::optional<DType> low = autocast_dtype();
+      low && x_sorted.device().is_cuda() && x_sorted.dtype() == DType::Float32) {
+    // Autocast: the product runs in bfloat16 on the tensor cores and comes back as
+    // float32; the casts carry the gradients back to the float32 operands.
+    return cast(grouped_linear(cast(x_sorted, *low), cast(weight, *low), offsets), DType::Float32);
+  }
   Tensor group_offsets = offsets.to(DType::Int64).contiguous();
   if (group_offsets.device().is_cpu()) {
     const int64_t* o = group_offsets.data<int64_t>();

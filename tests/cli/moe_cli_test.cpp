@@ -169,3 +169,29 @@ TEST_CASE("strata op moe names the file and the dataset it cannot use, and write
   CHECK_FALSE(fs::exists(dir / "out.h5"));
   fs::remove_all(dir);
 }
+
+TEST_CASE("strata plot draws expert utilisation over training: one curve per metric of a prefix") {
+  const fs::path run = scratch_dir() / "moe-run";
+  fs::create_directories(run);
+  {
+    // Records as the trainer logs them for MoE block 1 (shares of the routed choices).
+    std::ofstream metrics(run / "metrics.jsonl");
+    for (int step = 10; step <= 40; step += 10)
+      metrics << fmt::format(R"({{"step": {}, "loss": 2.0, "moe.1.expert_0": {}, "moe.1.expert_1": {}, )"
+                             R"("moe.1.expert_2": 0.25, "moe.1.dropped": 0.0}})",
+                             step, 0.5 - step / 200.0, 0.25 + step / 200.0)
+              << "\n";
+  }
+  const fs::path png = run / "experts.png";
+  Result r = run_strata(fmt::format("plot {} --metric 'moe.1.expert_*' -o {}", run.string(), png.string()));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  std::ifstream in(png, std::ios::binary);
+  char magic[8] = {};
+  in.read(magic, 8);
+  CHECK(std::string(magic + 1, 3) == "PNG");
+  r = run_strata(fmt::format("plot {} --metric 'moe.7.expert_*' -o {}", run.string(), png.string()));
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("moe.7.expert_*") != std::string::npos);
+  fs::remove_all(run.parent_path());
+}

@@ -3,9 +3,10 @@
 // sizes that are not multiples of the 128-row tile, empty experts, one-token groups,
 // matrix dims that are not multiples of 128 and depths that leave a partial slice of
 // 32. Every case runs the forward (x W^T) and both gradients (dY W and dY^T X), so
-// all three operand layouts of the kernel are exercised.
+// all three operand layouts of the kernel are exercised; the autocast path too.
 #include <vector>
 
+#include "strata/autograd/autograd.h"
 #include "strata/ops/moe.h"
 #include "strata/ops/ops.h"
 #include "support/check.h"
@@ -77,4 +78,38 @@ TEST_CASE("grouped_linear in bfloat16 with one expert equals the dense product a
   const double error = testing::max_abs_difference(grouped, dense), scale = testing::max_abs(dense);
   MESSAGE("max |grouped - dense| = " << error << " (max |dense| = " << scale << ")");
   CHECK(error <= 1e-2 * scale);
+}
+
+TEST_CASE("grouped_linear under bfloat16 autocast returns float32 results and float32 gradients") {
+  testing::require_cuda();
+  const std::vector<int64_t> group_offsets = {0, 100, 100, 301};
+  Tensor x = testing::random({301, 136}, 41);
+  Tensor weight = testing::random({3, 72, 136}, 42, DType::Float64, -0.2, 0.2);
+  Tensor upstream = testing::random({301, 72}, 43);
+  Tensor offsets = Tensor::from_vector<int64_t>(group_offsets, {4});
+  // The float64 CPU reference, without autocast.
+  Tensor x_cpu = x.clone().set_requires_grad(true), weight_cpu = weight.clone().set_requires_grad(true);
+  Tensor y_cpu = ops::grouped_linear(x_cpu, weight_cpu, offsets);
+  autograd::backward(ops::sum(ops::mul(y_cpu, upstream)));
+
+  Tensor x_cuda = x.to(DType::Float32).to(Device::cuda()).set_requires_grad(true);
+  Tensor weight_cuda = weight.to(DType::Float32).to(Device::cuda()).set_requires_grad(true);
+  Tensor y_cuda;
+  {
+    ops::AutocastGuard autocast(DType::BFloat16);
+    y_cuda = ops::grouped_linear(x_cuda, weight_cuda, offsets.to(Device::cuda()));
+  }
+  autograd::backward(ops::sum(ops::mul(y_cuda, upstream.to(DType::Float32).to(Device::cuda()))));
+  CHECK(y_cuda.dtype() == DType::Float32);
+  CHECK(x_cuda.grad().dtype() == DType::Float32);
+  CHECK(weight_cuda.grad().dtype() == DType::Float32);
+  // bfloat16 operands (and upstream gradient) with float32 accumulation and a bfloat16
+  // result: within ~1% of the largest value, as in the bfloat16 cases above.
+  const std::vector<std::pair<Tensor, Tensor>> results = {
+      {y_cuda, y_cpu}, {x_cuda.grad(), x_cpu.grad()}, {weight_cuda.grad(), weight_cpu.grad()}};
+  for (const auto& [cuda_result, reference] : results) {
+    const double error = testing::max_abs_difference(cuda_result.to(Device::cpu()).to(DType::Float64), reference);
+    MESSAGE("autocast: max |cuda - cpu| = " << error << ", max |cpu| = " << testing::max_abs(reference));
+    CHECK(error <= 1e-2 * testing::max_abs(reference));
+  }
 }

@@ -110,8 +110,10 @@ Tensor moe_combine(const Tensor& expert_out, const MoERouting& routing);
 // layer at once, one kernel launch on CUDA whatever the group sizes (empty groups
 // included). On the CPU the offsets must start at 0, not decrease and end at rows;
 // on CUDA they are not read back (the kernel clamps them and leaves rows outside
-// every group zero). x and weight share one dtype; autocast does not apply.
-// Gradients to x and weight.
+// every group zero). x and weight share one dtype. Under
+// ops::AutocastGuard on CUDA, float32 operands are cast to bfloat16 for the product
+// (tensor cores, float32 accumulation) and the result, rounded to bfloat16, is
+// returned as float32. Gradients to x and weight.
 Tensor grouped_linear(const Tensor& x_sorted, const Tensor& weight, const Tensor& offsets);
 
 // ---- product-key memory -----------------------------------------------------------
