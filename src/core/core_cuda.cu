@@ -43,6 +43,97 @@ __global__ void copy_kernel(core_kernels::StridedView dst, core_kernels::Strided
                                 core_kernels::load_element(src.data, src.dtype, core_kernels::strided_offset(src, i)));
 }
 
+// Same-dtype copies (the permutes, slices and broadcasts behind contiguous()): the
+// dims along which both views step through memory alike are merged, the innermost
+// contiguous dim is moved in words of up to 16 bytes, and the index arithmetic is
+// 32-bit. The generic copy_kernel above converts through double with 64-bit index
+// arithmetic per element, about a tenth of the bandwidth.
+struct WordCopy {
+  int ndim = 0;
+  uint32_t shape[core_kernels::kMaxDims] = {};
+  uint32_t dst_strides[core_kernels::kMaxDims] = {};  // in words
+  uint32_t src_strides[core_kernels::kMaxDims] = {};
+  uint32_t words = 0;
+};
+
+template <class Word>
+__global__ void word_copy_kernel(Word* __restrict__ dst, const Word* __restrict__ src, WordCopy c) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < c.words; i += gridDim.x * blockDim.x) {
+    uint32_t linear = i, dst_offset = 0, src_offset = 0;
+    for (int d = c.ndim - 1; d > 0; --d) {
+      uint32_t coordinate = linear % c.shape[d];
+      linear /= c.shape[d];
+      dst_offset += coordinate * c.dst_strides[d];
+      src_offset += coordinate * c.src_strides[d];
+    }
+    dst[dst_offset + linear * c.dst_strides[0]] = src[src_offset + linear * c.src_strides[0]];
+  }
+}
+
+// The copy as words of `word_bytes` over merged dims, or false when it does not fit
+// 32-bit offsets (the generic kernel takes it then).
+bool plan_word_copy(const core_kernels::StridedView& dst, const core_kernels::StridedView& src, WordCopy& plan,
+                    int& word_bytes) {
+  int64_t shape[core_kernels::kMaxDims], dst_strides[core_kernels::kMaxDims], src_strides[core_kernels::kMaxDims];
+  int ndim = 0;
+  for (int d = 0; d < dst.ndim; ++d) {
+    if (dst.shape[d] == 1) continue;
+    if (ndim > 0 && dst_strides[ndim - 1] == dst.strides[d] * dst.shape[d] &&
+        src_strides[ndim - 1] == src.strides[d] * src.shape[d]) {
+      shape[ndim - 1] *= dst.shape[d];  // merge into the outer dim
+      dst_strides[ndim - 1] = dst.strides[d];
+      src_strides[ndim - 1] = src.strides[d];
+      continue;
+    }
+    shape[ndim] = dst.shape[d];
+    dst_strides[ndim] = dst.strides[d];
+    src_strides[ndim] = src.strides[d];
+    ++ndim;
+  }
+  if (ndim == 0) {  // one element
+    shape[0] = 1;
+    dst_strides[0] = src_strides[0] = 1;
+    ndim = 1;
+  }
+  // Widen the word while the innermost dim is contiguous in both views, splits
+  // evenly, and every other stride and both addresses stay aligned to the wider word.
+  word_bytes = static_cast<int>(dtype_size(dst.dtype));
+  auto aligned = [&](int64_t elements_per_word) {
+    int64_t bytes = elements_per_word * static_cast<int64_t>(dtype_size(dst.dtype));
+    if (dst_strides[ndim - 1] != 1 || src_strides[ndim - 1] != 1 || shape[ndim - 1] % elements_per_word != 0)
+      return false;
+    if (reinterpret_cast<uintptr_t>(dst.data) % bytes != 0 || reinterpret_cast<uintptr_t>(src.data) % bytes != 0)
+      return false;
+    for (int d = 0; d < ndim - 1; ++d)
+      if (dst_strides[d] % elements_per_word != 0 || src_strides[d] % elements_per_word != 0) return false;
+    return true;
+  };
+  int64_t elements_per_word = 1;
+  while (word_bytes < 16 && aligned(elements_per_word * 2)) {
+    elements_per_word *= 2;
+    word_bytes *= 2;
+  }
+  int64_t words = 1, dst_span = 0, src_span = 0;
+  plan.ndim = ndim;
+  for (int d = 0; d < ndim; ++d) {
+    const bool inner_widened = d == ndim - 1 && elements_per_word > 1;  // contiguous in both views
+    int64_t size = d == ndim - 1 ? shape[d] / elements_per_word : shape[d];
+    int64_t dst_stride = inner_widened ? 1 : dst_strides[d] / elements_per_word;
+    int64_t src_stride = inner_widened ? 1 : src_strides[d] / elements_per_word;
+    words *= size;
+    dst_span += (size - 1) * dst_stride;
+    src_span += (size - 1) * src_stride;
+    plan.shape[d] = static_cast<uint32_t>(size);
+    plan.dst_strides[d] = static_cast<uint32_t>(dst_stride);
+    plan.src_strides[d] = static_cast<uint32_t>(src_stride);
+  }
+  plan.words = static_cast<uint32_t>(words);
+  constexpr int64_t kLimit = int64_t{1} << 31;
+  bool negative = false;
+  for (int d = 0; d < ndim; ++d) negative |= dst_strides[d] < 0 || src_strides[d] < 0;
+  return !negative && words < kLimit && dst_span < kLimit && src_span < kLimit;
+}
+
 __global__ void fill_kernel(core_kernels::StridedView dst, double value, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -121,6 +212,20 @@ void copy_cuda(const StridedView& dst, const StridedView& src) {
   if (dst.dtype == src.dtype && dst.is_dense() && src.is_dense()) {
     STRATA_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, static_cast<size_t>(n) * dtype_size(dst.dtype),
                                       cudaMemcpyDeviceToDevice, cuda::stream()));
+    return;
+  }
+  WordCopy plan;
+  int word_bytes = 0;
+  if (n > 0 && dst.dtype == src.dtype && plan_word_copy(dst, src, plan, word_bytes)) {
+    int blocks = blocks_for(plan.words, 256);
+    switch (word_bytes) {
+      case 1: word_copy_kernel<<<blocks, 256, 0, cuda::stream()>>>(static_cast<uint8_t*>(dst.data), static_cast<const uint8_t*>(src.data), plan); break;
+      case 2: word_copy_kernel<<<blocks, 256, 0, cuda::stream()>>>(static_cast<uint16_t*>(dst.data), static_cast<const uint16_t*>(src.data), plan); break;
+      case 4: word_copy_kernel<<<blocks, 256, 0, cuda::stream()>>>(static_cast<uint32_t*>(dst.data), static_cast<const uint32_t*>(src.data), plan); break;
+      case 8: word_copy_kernel<<<blocks, 256, 0, cuda::stream()>>>(static_cast<uint2*>(dst.data), static_cast<const uint2*>(src.data), plan); break;
+      default: word_copy_kernel<<<blocks, 256, 0, cuda::stream()>>>(static_cast<uint4*>(dst.data), static_cast<const uint4*>(src.data), plan); break;
+    }
+    STRATA_CUDA_CHECK_LAUNCH("word_copy_kernel");
     return;
   }
   copy_kernel<<<blocks_for(n, 256), 256, 0, cuda::stream()>>>(dst, src, n);

@@ -286,6 +286,15 @@ std::vector<Tensor> backward(const char* op, const Saved& t, const Tensor& out, 
 
 AttentionResult attention_op(const char* op, const Tensor& q_given, const Tensor& k_given, const Tensor& v,
                              const BlockLayout& layout, const AttentionOptions& options) {
+  // Autocast (ops::AutocastGuard): float32 CUDA q, k and v run on the bfloat16
+  // tensor-core kernels, cast on the tape; out returns in float32, as matmul's does.
+  if (std::optional<DType> low = autocast_dtype(); low && q_given.device().is_cuda() &&
+                                                  q_given.dtype() == DType::Float32 &&
+                                                  k_given.dtype() == DType::Float32 && v.dtype() == DType::Float32) {
+    AttentionResult result = attention_op(op, cast(q_given, *low), cast(k_given, *low), cast(v, *low), layout, options);
+    result.out = cast(result.out, DType::Float32);
+    return result;
+  }
   Saved t;
   t.sizes = check_arguments(op, q_given, k_given, v, options);
   if (layout.defined()) check_layout(op, layout, t.sizes, q_given);

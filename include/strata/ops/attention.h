@@ -22,7 +22,8 @@
 // with float32 accumulation. bias, sinks and temperatures may be of any float
 // dtype and are used in float32 (float64 when q is float64); lse is float32
 // (float64). Every input gets a gradient, including through lse when it is
-// returned and used.
+// returned and used. Under ops::AutocastGuard, float32 CUDA q, k and v are cast to
+// bfloat16 on the tape (the tensor-core kernels) and out is returned in float32.
 #pragma once
 
 #include <optional>
