@@ -11,7 +11,11 @@
 //    timed against dense non-causal attention of the same shape (the kernel that
 //    visits every block), printed as time / (density x dense time): 1 means the time
 //    falls exactly with the density; the target is 1.3 or less.
-//  - dma: dynamic mask attention against its window size, once the op exists.
+//    The top-k layout (topk_block_layout) is selected from the benched q and k, and
+//    its selection time is printed apart. The 2-D neighborhood layout is timed at
+//    block level, without the element mask (a bias) that makes it exact.
+//  - dma: ops::dynamic_mask_attention (causal) against its keep window, beside dense
+//    causal attention of the same shape; its TFLOP/s count only the kept pairs.
 //
 // The backward pass is timed alone: the forward runs once with the tape on, then
 // the recorded node's backward is replayed (retain_graph) with the input grads
@@ -116,8 +120,7 @@ class AttentionBench {
     if (gpu_) measure_gemm_limit();
     if (wanted(o_, "dense")) dense();
     if (wanted(o_, "sparse")) sparse();
-    if (wanted(o_, "dma"))
-      fmt::print("attention dma: skipped (ops::dynamic_mask_attention is not in this build)\n");
+    if (wanted(o_, "dma")) dma();
     if (!o_.export_layouts.empty()) {
       index_["device"] = device_.str();
       index_["dtype"] = dtype_name(dtype_);
@@ -141,31 +144,45 @@ class AttentionBench {
 
   Tensor random(const Shape& shape) { return rand_normal(shape, 0.0, 1.0, dtype_, device_, generator_); }
 
-  // Forward time with the tape off; backward time by replaying the recorded node.
-  Timing time_attention(const RunShape& s, bool causal, const BlockLayout* layout) {
-    Tensor q = random({s.batch, s.heads, s.length, s.head_dim});
-    Tensor k = random({s.batch, s.heads, s.length, s.head_dim});
-    Tensor v = random({s.batch, s.heads, s.length, s.head_dim});
-    Tensor grad_out = random({s.batch, s.heads, s.length, s.head_dim});
-    ops::AttentionOptions options;
-    options.causal = causal;
-    auto attend = [&] {
-      return layout ? ops::block_sparse_attention(q, k, v, *layout, options) : ops::attention(q, k, v, options);
-    };
+  // q, k, v and the upstream gradient of one shape: (batch, heads, L, head_dim).
+  struct Inputs {
+    Tensor q, k, v, grad_out;
+  };
+  Inputs make_inputs(const RunShape& s) {
+    Shape shape{s.batch, s.heads, s.length, s.head_dim};
+    return {random(shape), random(shape), random(shape), random(shape)};
+  }
+
+  // Forward time with the tape off; backward time by replaying the node recorded
+  // once, with the grads of `leaves` cleared before each pass.
+  Timing time_passes(const std::function<Tensor()>& forward, std::vector<Tensor> leaves, const Tensor& grad_out) {
     const int warmup = gpu_ ? 3 : 1;
     Timing t;
     {
       autograd::NoGradGuard no_grad;
-      t.forward_ms = time_ms(device_, [&] { attend(); }, o_.iterations, warmup);
+      t.forward_ms = time_ms(device_, [&] { forward(); }, o_.iterations, warmup);
     }
     autograd::EnableGradGuard grad;
-    for (Tensor* x : {&q, &k, &v}) x->set_requires_grad(true);
-    Tensor out = attend().out;
+    for (Tensor& leaf : leaves) leaf.set_requires_grad(true);
+    Tensor out = forward();
     t.backward_ms = time_ms(device_, [&] {
-      for (Tensor* x : {&q, &k, &v}) x->zero_grad();
+      for (Tensor& leaf : leaves) leaf.zero_grad();
       autograd::backward(out, grad_out, /*retain_graph=*/true);
     }, o_.iterations, warmup);
+    for (Tensor& leaf : leaves) {
+      leaf.zero_grad();
+      leaf.set_requires_grad(false);
+    }
     return t;
+  }
+
+  Timing time_attention(const Inputs& in, bool causal, const BlockLayout* layout) {
+    ops::AttentionOptions options;
+    options.causal = causal;
+    return time_passes([&] {
+      return layout ? ops::block_sparse_attention(in.q, in.k, in.v, *layout, options).out
+                    : ops::attention(in.q, in.k, in.v, options).out;
+    }, {in.q, in.k, in.v}, in.grad_out);
   }
 
   void print_rate(const std::string& name, double ms, double flops) {
@@ -182,7 +199,7 @@ class AttentionBench {
       for (bool causal : {false, true})
         for (int64_t length : o_.lengths) {
           RunShape s = shape_for(o_, length, head_dim);
-          Timing t = time_attention(s, causal, nullptr);
+          Timing t = time_attention(make_inputs(s), causal, nullptr);
           std::string shape = fmt::format("{} L={} D={} B={} H={}", causal ? "causal" : "full", length, head_dim,
                                           s.batch, s.heads);
           double flops = forward_flops(s, causal);
@@ -195,34 +212,48 @@ class AttentionBench {
   }
 
   // A layout to bench: its printed name, whether the attention is causal inside it,
-  // and how to build it for a geometry and a number of heads.
+  // and how to build it for a geometry and the inputs (on the CPU, or on q's device
+  // for the layouts selected from q and k).
   struct LayoutCase {
     std::string name;
     bool causal;
-    std::function<BlockLayout(const LayoutGeometry&, int64_t heads)> build;
+    std::function<BlockLayout(const LayoutGeometry&, const Inputs&)> build;
+    bool from_inputs = false;
   };
 
   // A few settings of each builder, spanning densities from a few percent to a half
   // at 8K with blocks of 128.
-  static std::vector<LayoutCase> layout_cases() {
+  static std::vector<LayoutCase> layout_cases(const LayoutGeometry& geometry) {
     using namespace kernels;
     std::vector<LayoutCase> cases;
-    cases.push_back({"causal", true, [](const LayoutGeometry& g, int64_t) { return causal_layout(g); }});
+    cases.push_back({"causal", true, [](const LayoutGeometry& g, const Inputs&) { return causal_layout(g); }});
     for (int64_t window : {4, 16})
       cases.push_back({fmt::format("sliding(window={})", window), true,
-                       [window](const LayoutGeometry& g, int64_t) { return sliding_window_layout(g, window); }});
+                       [window](const LayoutGeometry& g, const Inputs&) { return sliding_window_layout(g, window); }});
     for (int64_t dilation : {2, 4})
       cases.push_back({fmt::format("dilated(window=8,dilation={})", dilation), true,
-                       [dilation](const LayoutGeometry& g, int64_t) { return dilated_layout(g, 8, dilation); }});
+                       [dilation](const LayoutGeometry& g, const Inputs&) { return dilated_layout(g, 8, dilation); }});
     cases.push_back({"power(local=2,sinks=1)", true,
-                     [](const LayoutGeometry& g, int64_t) { return power_layout(g, 2, 1); }});
+                     [](const LayoutGeometry& g, const Inputs&) { return power_layout(g, 2, 1); }});
     for (int64_t stride : {8, 16})
       cases.push_back({fmt::format("s2(local=4,stride={})", stride), true,
-                       [stride](const LayoutGeometry& g, int64_t heads) { return s2_layout(g, heads, 4, stride); }});
+                       [stride](const LayoutGeometry& g, const Inputs& in) { return s2_layout(g, in.q.shape()[1], 4, stride); }});
     cases.push_back({"neighborhood(window=5)", false,
-                     [](const LayoutGeometry& g, int64_t) { return neighborhood_layout(g, 5); }});
+                     [](const LayoutGeometry& g, const Inputs&) { return neighborhood_layout(g, 5); }});
     cases.push_back({"neighborhood(window=9,dilation=2)", false,
-                     [](const LayoutGeometry& g, int64_t) { return neighborhood_layout(g, 9, 2); }});
+                     [](const LayoutGeometry& g, const Inputs&) { return neighborhood_layout(g, 9, 2); }});
+    // Tokens on a grid of rows of half a block (64 x 128 at 8K with blocks of 128).
+    const int64_t width = geometry.block_size / 2, height = geometry.query_length / width;
+    if (height * width == geometry.query_length && height >= 7)
+      cases.push_back({"neighborhood2d(window=7x7)", false, [height, width](const LayoutGeometry& g, const Inputs&) {
+                         return neighborhood_2d_layout(g, height, width, 7, 7);
+                       }});
+    for (int64_t top_k : {4, 16})
+      cases.push_back({fmt::format("topk(k={})", top_k), true,
+                       [top_k](const LayoutGeometry& g, const Inputs& in) {
+                         return topk_block_layout(in.q, in.k, {.block_size = g.block_size, .top_k = top_k});
+                       },
+                       true});
     return cases;
   }
 
@@ -232,15 +263,23 @@ class AttentionBench {
     for (int64_t length : o_.sparse_lengths)
       for (int64_t head_dim : o_.head_dims) {
         RunShape s = shape_for(o_, length, head_dim);
-        Timing dense = time_attention(s, false, nullptr);
+        Inputs inputs = make_inputs(s);
+        Timing dense = time_attention(inputs, false, nullptr);
         fmt::print("attention sparse {:<34} L={} D={} B={} H={}  fwd {:8.3f} ms  bwd {:8.3f} ms\n", "dense(reference)",
                    length, head_dim, s.batch, s.heads, dense.forward_ms, dense.backward_ms);
         LayoutGeometry geometry{length, length, o_.block_size};
-        for (const LayoutCase& c : layout_cases()) {
-          BlockLayout layout = c.build(geometry, s.heads);
+        for (const LayoutCase& c : layout_cases(geometry)) {
+          BlockLayout layout;
+          if (c.from_inputs) {
+            autograd::NoGradGuard no_grad;
+            double select_ms = time_ms(device_, [&] { layout = c.build(geometry, inputs); }, o_.iterations);
+            fmt::print("attention sparse {:<34} L={} D={} selection {:8.3f} ms\n", c.name, length, head_dim, select_ms);
+          } else {
+            layout = c.build(geometry, inputs);
+          }
           double density = layout.density();
           BlockLayout on_device = layout.to(device_);
-          Timing t = time_attention(s, c.causal, &on_device);
+          Timing t = time_attention(inputs, c.causal, &on_device);
           double forward_ratio = t.forward_ms / (density * dense.forward_ms);
           double backward_ratio = t.backward_ms / (density * dense.backward_ms);
           fmt::print("attention sparse {:<34} L={} D={} density {:.4f}  fwd {:8.3f} ms ({:.2f}x)  bwd {:8.3f} ms ({:.2f}x)\n",
@@ -250,16 +289,56 @@ class AttentionBench {
       }
   }
 
-  // One JSON file per layout: the shapes, key_blocks[head][query_block] (the key
-  // blocks each query block attends, increasing), and Strata's times.
+  // Causal DMA keeps, for query i, min(i + 1, window) keys: the pairs its FLOPs count.
+  static double kept_pairs(int64_t length, int64_t window) {
+    double w = static_cast<double>(std::min(window, length)), l = static_cast<double>(length);
+    return w * (w + 1) / 2 + (l - w) * w;
+  }
+
+  void dma() {
+    fmt::print("dynamic mask attention (causal): TFLOP/s over the kept pairs; (x) = time / dense causal time\n");
+    for (int64_t length : o_.sparse_lengths)
+      for (int64_t head_dim : o_.head_dims) {
+        RunShape s = shape_for(o_, length, head_dim);
+        Inputs in = make_inputs(s);
+        Timing dense = time_attention(in, true, nullptr);
+        Tensor key_bias = rand_normal({s.batch, s.heads, s.length}, 0.0, 1.0, DType::Float32, device_, generator_);
+        std::vector<int64_t> windows;
+        for (int64_t window = length / 32; window < length; window *= 2) windows.push_back(window);
+        for (int64_t window : windows) {
+          Timing t = time_passes([&] { return ops::dynamic_mask_attention(in.q, in.k, in.v, key_bias, window); },
+                                 {in.q, in.k, in.v, key_bias}, in.grad_out);
+          double flops = 4.0 * static_cast<double>(s.batch * s.heads) * kept_pairs(length, window) *
+                         static_cast<double>(head_dim);
+          std::string shape = fmt::format("window={} L={} D={} B={} H={}", window, length, head_dim, s.batch, s.heads);
+          print_rate("attention dma forward " + shape, t.forward_ms, flops);
+          print_rate("attention dma backward " + shape, t.backward_ms, kBackwardFlopsPerForward * flops);
+          fmt::print("attention dma {:<38} fwd {:.2f}x  bwd {:.2f}x of dense causal\n",
+                     fmt::format("window={} L={} D={}", window, length, head_dim), t.forward_ms / dense.forward_ms,
+                     t.backward_ms / dense.backward_ms);
+          index_["dma"].push_back({{"window", window}, {"length", length}, {"head_dim", head_dim},
+                                   {"batch", s.batch}, {"heads", s.heads}, {"forward_ms", t.forward_ms},
+                                   {"backward_ms", t.backward_ms}});
+        }
+      }
+  }
+
+  // One JSON file per layout: the shapes and key_blocks[batch][head][query_block],
+  // the key blocks each query block attends, increasing (batch and head dims of 1
+  // are shared by every sequence or head).
   void export_layout(const LayoutCase& c, const BlockLayout& layout, const RunShape& s, const Timing& t,
                      const Timing& dense) {
+    BlockLayout host = layout.to(Device::cpu());
     nlohmann::json key_blocks = nlohmann::json::array();
-    for (int64_t head = 0; head < layout.heads(); ++head) {
-      nlohmann::json rows = nlohmann::json::array();
-      for (int64_t query_block = 0; query_block < layout.query_blocks(); ++query_block)
-        rows.push_back(layout.key_blocks_of(head, query_block));
-      key_blocks.push_back(std::move(rows));
+    for (int64_t batch = 0; batch < host.batches(); ++batch) {
+      nlohmann::json heads = nlohmann::json::array();
+      for (int64_t head = 0; head < host.heads(); ++head) {
+        nlohmann::json rows = nlohmann::json::array();
+        for (int64_t query_block = 0; query_block < host.query_blocks(); ++query_block)
+          rows.push_back(host.key_blocks_of(head, query_block, batch));
+        heads.push_back(std::move(rows));
+      }
+      key_blocks.push_back(std::move(heads));
     }
     std::string file = fmt::format("L{}-D{}-{}.json", s.length, s.head_dim, file_stem(c.name));
     nlohmann::json entry = {{"layout", c.name},
@@ -314,7 +393,8 @@ class AttentionBench {
   DType dtype_;
   Generator generator_{1, 0};
   double gemm_tflops_ = 0;
-  nlohmann::json index_ = {{"dense", nlohmann::json::array()}, {"sparse", nlohmann::json::array()}};
+  nlohmann::json index_ = {
+      {"dense", nlohmann::json::array()}, {"sparse", nlohmann::json::array()}, {"dma", nlohmann::json::array()}};
 };
 
 }  // namespace

@@ -69,7 +69,10 @@ const char* const kLayouts[] = {"causal",
                                 "s2(local=4,stride=8)",
                                 "s2(local=4,stride=16)",
                                 "neighborhood(window=5)",
-                                "neighborhood(window=9,dilation=2)"};
+                                "neighborhood(window=9,dilation=2)",
+                                "neighborhood2d(window=7x7)",
+                                "topk(k=4)",
+                                "topk(k=16)"};
 
 // Inputs of one op run, in float64 so that the binary and the test compute the same
 // numbers up to rounding.
@@ -167,12 +170,18 @@ TEST_CASE("bench attention on the CPU prints a dense line per pass and a sparse 
     CAPTURE(layout);
     CHECK(has_line_starting(r.out, fmt::format("attention sparse {:<34} L=256 D=32 density", layout)));
   }
-  CHECK(has_line_starting(r.out, "attention dma: skipped"));
+  CHECK(has_line_starting(r.out, fmt::format("attention sparse {:<34} L=256 D=32 selection", "topk(k=4)")));
+  for (int window : {8, 16, 32, 64, 128}) {
+    CAPTURE(window);
+    CHECK(has_line_starting(r.out, fmt::format("attention dma forward window={} L=256 D=32 B=1 H=2", window)));
+    CHECK(has_line_starting(r.out, fmt::format("attention dma backward window={} L=256 D=32 B=1 H=2", window)));
+  }
 
   // The index names every layout file, and each file's key-block lists are those of
   // the builder the bench used.
   nlohmann::json index = nlohmann::json::parse(slurp(layouts / "strata.json"));
   CHECK(index["dense"].size() == 2);
+  CHECK(index["dma"].size() == 5);
   REQUIRE(index["sparse"].size() == std::size(kLayouts));
   for (const auto& entry : index["sparse"]) {
     nlohmann::json layout = nlohmann::json::parse(slurp(layouts / entry["file"].get<std::string>()));
@@ -182,9 +191,15 @@ TEST_CASE("bench attention on the CPU prints a dense line per pass and a sparse 
     if (layout["layout"] == "sliding(window=4)") {
       kernels::BlockLayout built = kernels::sliding_window_layout({256, 256, 64}, 4);
       for (int64_t query_block = 0; query_block < 4; ++query_block)
-        CHECK(layout["key_blocks"][0][query_block].get<std::vector<int32_t>>() == built.key_blocks_of(0, query_block));
+        CHECK(layout["key_blocks"][0][0][query_block].get<std::vector<int32_t>>() ==
+              built.key_blocks_of(0, query_block));
     }
-    if (layout["layout"] == "s2(local=4,stride=8)") CHECK(layout["key_blocks"].size() == 2);  // one per head
+    // key_blocks[batch][head][query_block]: s2 has a pattern per head, top-k one per
+    // sequence and head (batch 1 here, 2 heads), the others one shared by all.
+    if (layout["layout"] == "s2(local=4,stride=8)") CHECK(layout["key_blocks"][0].size() == 2);
+    if (layout["layout"] == "topk(k=4)") CHECK(layout["key_blocks"][0].size() == 2);
+    if (layout["layout"] == "causal") CHECK(layout["key_blocks"][0].size() == 1);
+    CHECK(layout["key_blocks"][0][0].size() == 4);  // query blocks
   }
 
   Result dense_only = run_strata("bench attention --device cpu --only dense --lengths 64 --head-dims 16", scratch);
