@@ -14,7 +14,19 @@
 //   sliding: window_blocks          power: local_blocks, sink_blocks
 //   s2: local_blocks, vertical_stride, dense_heads
 //   neighborhood: window_blocks, dilation         selective: beta
+//   topk: top_k (4), keep_first (false)
 //   dma: keep_window (the keys each query keeps, the top by the learned key bias)
+//
+// SSA (arXiv 2511.20102), for the block-sparse patterns (sliding, power, s2,
+// neighborhood, topk), section `model.ssa`: train (sparse | full | ssa, default
+// sparse), inference (sparse | full, default sparse), alpha (10), full_probability
+// (0.5). train: sparse trains the pattern (SA), full trains plain dense causal
+// attention (FA), ssa draws full or sparse for the whole network each training
+// forward pass (probability full_probability of full), computes both outputs in every
+// layer, feeds the drawn one on, and adds alpha * mean over layers of [SmoothL1(O_full,
+// sg(O_sparse)) + SmoothL1(sg(O_full), O_sparse)] as the auxiliary loss. Outside
+// training (eval, generation) the model attends by `inference`, which
+// `strata eval CHECKPOINT model.ssa.inference=full` overrides.
 //
 // Generation: start_decoding/decode keep a KV cache per layer and attend each new
 // token over it (every pattern but neighborhood).
@@ -36,6 +48,9 @@ struct LlamaOptions {
   double norm_eps;
   bool tie_embeddings, activation_checkpointing;
   nn::AttentionBlockOptions attention;
+  // SSA (model.ssa): how training and inference attend; see the header comment.
+  std::string ssa_train = "sparse", ssa_inference = "sparse";
+  double ssa_alpha = 10.0, ssa_full_probability = 0.5;
 
   static LlamaOptions read(const config::Config& c) {
     LlamaOptions o;
@@ -55,9 +70,10 @@ struct LlamaOptions {
 
     const std::string p = "model.attention.";
     std::string pattern = c.get_choice(p + "pattern", {"dense", "sliding", "power", "s2", "neighborhood", "sinks",
-                                                       "selective", "dma"});
+                                                       "selective", "topk", "dma"});
     a.pattern = nn::parse_attention_pattern(pattern);
-    bool sparse = pattern == "sliding" || pattern == "power" || pattern == "s2" || pattern == "neighborhood";
+    bool sparse = pattern == "sliding" || pattern == "power" || pattern == "s2" || pattern == "neighborhood" ||
+                  pattern == "topk";
     if (sparse) {
       a.block_size = c.get_positive<int64_t>(p + "block_size", 64);
       STRATA_CHECK(a.block_size == 64 || a.block_size == 128, "{}block_size: expected 64 or 128, got {}", p,
@@ -74,6 +90,17 @@ struct LlamaOptions {
     }
     if (pattern == "selective") a.selective_beta = c.get<double>(p + "beta", 1.5);
     if (pattern == "dma") a.keep_window = c.get_positive<int64_t>(p + "keep_window");
+    if (pattern == "topk") {
+      a.topk_keep_first = c.get<bool>(p + "keep_first", false);
+      a.top_k = c.get_in_range<int64_t>(p + "top_k", a.topk_keep_first ? 2 : 1, INT64_MAX, 4);
+    }
+    if (sparse) {
+      const std::string s = "model.ssa.";
+      o.ssa_train = c.get_choice(s + "train", {"sparse", "full", "ssa"}, "sparse");
+      o.ssa_inference = c.get_choice(s + "inference", {"sparse", "full"}, "sparse");
+      o.ssa_alpha = c.get_in_range<double>(s + "alpha", 0.0, 1e6, 10.0);
+      o.ssa_full_probability = c.get_in_range<double>(s + "full_probability", 0.0, 1.0, 0.5);
+    }
     a.validate();
     return o;
   }
@@ -89,12 +116,23 @@ class LlamaBlock : public nn::Module {
     mlp_ = register_module("mlp", std::make_shared<nn::GatedMLP>(d, o.mlp_hidden, false, generator));
   }
 
-  // x (batch, length, d_model) -> (batch, length, d_model)
-  Tensor forward(const Tensor& x) { return feed_forward(ops::add(x, attention_->forward(attention_norm_->forward(x)))); }
+  // x (batch, length, d_model) -> {(batch, length, d_model)}, and the attention's SSA
+  // alignment loss after it when the attention computes one (returned rather than
+  // read off the layer so that it stays differentiable through activation
+  // checkpointing, whose recomputation builds a new graph).
+  std::vector<Tensor> forward(const Tensor& x) {
+    Tensor out = feed_forward(ops::add(x, attention_->forward(attention_norm_->forward(x))));
+    const auto mode = attention_->ssa_mode();
+    if (mode == nn::AttentionBlock::SsaMode::AlignSparse || mode == nn::AttentionBlock::SsaMode::AlignFull)
+      return {out, attention_->alignment_loss()};
+    return {out};
+  }
   // x_t (batch, 1, d_model), appending to `cache`.
   Tensor step(const Tensor& x_t, nn::KVCache& cache) {
     return feed_forward(ops::add(x_t, attention_->forward_step(attention_norm_->forward(x_t), cache)));
   }
+
+  nn::AttentionBlock& attention() { return *attention_; }
 
  private:
   Tensor feed_forward(const Tensor& h) { return ops::add(h, mlp_->forward(mlp_norm_->forward(h))); }
@@ -125,18 +163,27 @@ class LlamaLM : public Model {
     STRATA_CHECK(options_.max_length == 0 || tokens.size(1) <= options_.max_length,
                  "llama: sequence length {} exceeds model.max_length {}", tokens.size(1), options_.max_length);
     Tensor x = embedding_->forward(tokens);  // (batch, length, d_model)
+    set_ssa_mode(is_training() ? training_ssa_mode() : inference_ssa_mode());
+    Tensor alignment;  // summed over layers
     for (size_t i = 0; i < layers_->size(); ++i) {
       auto block = layers_->get<LlamaBlock>(i);
-      if (options_.activation_checkpointing && is_training()) {
-        x = autograd::checkpoint(
-            [block](const std::vector<Tensor>& in) { return std::vector<Tensor>{block->forward(in[0])}; }, {x},
-            "checkpoint(llama block)")[0];
-      } else {
-        x = block->forward(x);
-      }
+      std::vector<Tensor> outputs =
+          options_.activation_checkpointing && is_training()
+              ? autograd::checkpoint([block](const std::vector<Tensor>& in) { return block->forward(in[0]); }, {x},
+                                     "checkpoint(llama block)")
+              : block->forward(x);
+      x = outputs[0];
+      if (outputs.size() > 1) alignment = alignment.defined() ? ops::add(alignment, outputs[1]) : outputs[1];
     }
+    auxiliary_loss_ = alignment.defined()
+                          ? ops::mul(alignment, options_.ssa_alpha / static_cast<double>(layers_->size()))
+                          : Tensor();
     return logits(x);
   }
+
+  // SSA: alpha * the mean over layers of the alignment losses of the last forward
+  // pass (undefined unless it trained with model.ssa.train = ssa).
+  Tensor auxiliary_loss() override { return auxiliary_loss_; }
 
   Task task() const override { return Task::LanguageModel; }
   int64_t max_length() const override { return options_.max_length; }
@@ -155,12 +202,28 @@ class LlamaLM : public Model {
     STRATA_CHECK(llama_state != nullptr, "llama decode: the state was not made by this model's start_decoding");
     STRATA_CHECK(tokens_t.dim() == 1 && tokens_t.size(0) == llama_state->batch,
                  "llama decode: tokens_t must be (batch = {}), got {}", llama_state->batch, tokens_t.str());
+    set_ssa_mode(inference_ssa_mode());
     Tensor x = embedding_->forward(ops::unsqueeze(tokens_t, 1));  // (batch, 1, d_model)
     for (size_t i = 0; i < layers_->size(); ++i) x = layers_->get<LlamaBlock>(i)->step(x, llama_state->caches[i]);
     return ops::squeeze(logits(x), 1);
   }
 
  private:
+  using SsaMode = nn::AttentionBlock::SsaMode;
+
+  SsaMode inference_ssa_mode() const { return options_.ssa_inference == "full" ? SsaMode::Full : SsaMode::Pattern; }
+  // One draw per forward pass for the whole network (model.ssa.train = ssa), from the
+  // default generator, which checkpoints save and restore.
+  SsaMode training_ssa_mode() const {
+    if (options_.ssa_train == "full") return SsaMode::Full;
+    if (options_.ssa_train == "sparse") return SsaMode::Pattern;
+    const bool full = rand_uniform({1}, 0.0, 1.0).item() < options_.ssa_full_probability;
+    return full ? SsaMode::AlignFull : SsaMode::AlignSparse;
+  }
+  void set_ssa_mode(SsaMode mode) {
+    for (size_t i = 0; i < layers_->size(); ++i) layers_->get<LlamaBlock>(i)->attention().set_ssa_mode(mode);
+  }
+
   // (..., d_model) -> (..., vocab)
   Tensor logits(const Tensor& x) const {
     Tensor normed = final_norm_->forward(x);
@@ -172,6 +235,7 @@ class LlamaLM : public Model {
   std::shared_ptr<nn::ModuleList> layers_;
   std::shared_ptr<nn::RMSNorm> final_norm_;
   std::shared_ptr<nn::Linear> head_;
+  Tensor auxiliary_loss_;
 };
 
 const bool registered = register_family("llama", [](const config::Config& c, Generator& generator) {

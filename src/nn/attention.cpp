@@ -16,11 +16,24 @@ constexpr std::pair<AttentionPattern, const char*> kPatternNames[] = {
     {AttentionPattern::Dense, "dense"}, {AttentionPattern::Sliding, "sliding"},
     {AttentionPattern::Power, "power"}, {AttentionPattern::S2, "s2"},
     {AttentionPattern::Neighborhood, "neighborhood"}, {AttentionPattern::Sinks, "sinks"},
-    {AttentionPattern::Selective, "selective"}, {AttentionPattern::Dma, "dma"}};
+    {AttentionPattern::Selective, "selective"}, {AttentionPattern::TopK, "topk"},
+    {AttentionPattern::Neighborhood2D, "neighborhood2d"}, {AttentionPattern::Dma, "dma"}};
 
 bool is_block_sparse(AttentionPattern pattern) {
   return pattern == AttentionPattern::Sliding || pattern == AttentionPattern::Power ||
-         pattern == AttentionPattern::S2 || pattern == AttentionPattern::Neighborhood;
+         pattern == AttentionPattern::S2 || pattern == AttentionPattern::Neighborhood ||
+         pattern == AttentionPattern::Neighborhood2D;
+}
+
+// SmoothL1 (beta 1) of a - b, the mean over the elements: 0.5 d^2 where |d| < 1, else
+// |d| - 0.5. Written as 0.5 c^2 + relu(|d| - 1) with c = min(|d|, 1) = |d| - relu(|d|
+// - 1) and |d| = relu(d) + relu(-d), from differentiable ops.
+Tensor smooth_l1(const Tensor& a, const Tensor& b) {
+  Tensor d = ops::sub(a, b);
+  Tensor magnitude = ops::add(ops::relu(d), ops::relu(ops::neg(d)));
+  Tensor excess = ops::relu(ops::add(magnitude, -1.0));
+  Tensor clipped = ops::sub(magnitude, excess);
+  return ops::mean(ops::add(ops::mul(ops::mul(clipped, clipped), 0.5), excess));
 }
 
 // (batch, length, heads * head_dim) -> (batch, heads, length, head_dim)
@@ -43,7 +56,9 @@ Tensor token_temperature(const Tensor& x, const Tensor& weight) {
 AttentionPattern parse_attention_pattern(const std::string& name) {
   for (const auto& [pattern, pattern_name] : kPatternNames)
     if (name == pattern_name) return pattern;
-  STRATA_FAIL("attention: unknown pattern '{}' (dense, sliding, power, s2, neighborhood, sinks, selective, dma)", name);
+  STRATA_FAIL("attention: unknown pattern '{}' (dense, sliding, power, s2, neighborhood, sinks, selective, topk, "
+             "neighborhood2d, dma)",
+             name);
 }
 
 const char* attention_pattern_name(AttentionPattern pattern) {
@@ -74,6 +89,12 @@ void AttentionBlockOptions::validate() const {
   STRATA_CHECK(std::isfinite(selective_beta), "attention: selective_beta must be finite, got {}", selective_beta);
   if (pattern == AttentionPattern::Dma)
     STRATA_CHECK(keep_window > 0, "attention (dma): keep_window must be positive, got {}", keep_window);
+  STRATA_CHECK(top_k >= 1 + (topk_keep_first ? 1 : 0), "attention: top_k must be at least {}, got {}",
+               1 + (topk_keep_first ? 1 : 0), top_k);
+  if (pattern == AttentionPattern::Neighborhood2D)
+    STRATA_CHECK(grid_height > 0 && grid_width > 0 && window_height > 0 && window_width > 0,
+                 "attention (neighborhood2d): grid ({} x {}) and window ({} x {}) must be positive", grid_height,
+                 grid_width, window_height, window_width);
 }
 
 AttentionBlock::AttentionBlock(const AttentionBlockOptions& options, Generator& generator) : options_(options) {
@@ -107,6 +128,10 @@ kernels::BlockLayout AttentionBlock::build_layout(const kernels::LayoutGeometry&
                                 options_.dense_heads);
     case AttentionPattern::Neighborhood:
       return kernels::neighborhood_layout(geometry, options_.window_blocks, options_.dilation, true);
+    case AttentionPattern::Neighborhood2D:
+      return kernels::neighborhood_2d_layout(geometry, options_.grid_height, options_.grid_width,
+                                             options_.window_height, options_.window_width, options_.dilation,
+                                             options_.dilation);
     default:
       return kernels::BlockLayout();
   }
@@ -120,10 +145,50 @@ const kernels::BlockLayout& AttentionBlock::layout(int64_t query_length, int64_t
   return layouts_.emplace(key, build_layout(geometry).to(device)).first->second;
 }
 
+const Tensor& AttentionBlock::neighborhood_2d_mask(Device device, DType dtype) {
+  auto key = std::make_tuple(static_cast<int>(device.type), device.index, static_cast<int>(dtype));
+  auto found = neighborhood_2d_masks_.find(key);
+  if (found != neighborhood_2d_masks_.end()) return found->second;
+  Tensor mask = kernels::neighborhood_2d_mask(options_.grid_height, options_.grid_width, options_.window_height,
+                                              options_.window_width, options_.dilation, options_.dilation);
+  return neighborhood_2d_masks_.emplace(key, mask.to(dtype).to(device)).first->second;
+}
+
+Tensor AttentionBlock::attend_in_ssa_mode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& x,
+                                          int64_t query_offset) {
+  if (ssa_mode_ == SsaMode::Pattern) return attend(q, k, v, x, query_offset);
+  ops::AttentionOptions full_options;
+  full_options.causal = true;
+  Tensor full = ops::attention(q, k, v, full_options).out;
+  if (ssa_mode_ == SsaMode::Full) return full;
+  Tensor sparse = attend(q, k, v, x, query_offset);
+  // With equal weights the two terms have the value and the gradients of one
+  // SmoothL1(O_full, O_sparse) counted twice; they are kept apart as the paper
+  // writes them (a pull of full toward sparse, "sparsity", and of sparse toward full,
+  // "commitment").
+  alignment_loss_ = ops::add(smooth_l1(full, sparse.detach()), smooth_l1(full.detach(), sparse));
+  return ssa_mode_ == SsaMode::AlignSparse ? sparse : full;
+}
+
 Tensor AttentionBlock::attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& x,
                               int64_t query_offset) {
   ops::AttentionOptions attention_options;
   attention_options.causal = true;
+  if (options_.pattern == AttentionPattern::TopK) {
+    // The layout is chosen from these q and k (not cached, not differentiated).
+    kernels::TopKBlockOptions selection;
+    selection.block_size = options_.block_size;
+    selection.top_k = options_.top_k;
+    selection.keep_first = options_.topk_keep_first;
+    return ops::block_sparse_attention(q, k, v, kernels::topk_block_layout(q, k, selection), attention_options).out;
+  }
+  if (options_.pattern == AttentionPattern::Neighborhood2D) {
+    STRATA_CHECK(q.size(2) == k.size(2), "attention (neighborhood2d): no cached decoding (a grid of {} x {} tokens)",
+                 options_.grid_height, options_.grid_width);
+    attention_options.causal = false;
+    const DType bias_dtype = q.dtype() == DType::Float64 ? DType::Float64 : DType::Float32;
+    attention_options.bias = neighborhood_2d_mask(q.device(), bias_dtype);
+  }
   if (options_.pattern == AttentionPattern::Dma) {
     // The key bias A_g softplus(dt) from every cached value, (batch, n_kv_heads, Lk):
     // it depends on the key's own value only, so a decoding step sees the biases the
@@ -186,7 +251,7 @@ Tensor AttentionBlock::forward_step(const Tensor& x_t, KVCache& cache) {
   }
   cache.k = k;
   cache.v = v;
-  return o_proj->forward(merge_heads(attend(q, k, v, x_t, offset)));
+  return o_proj->forward(merge_heads(attend_in_ssa_mode(q, k, v, x_t, offset)));
 }
 
 }  // namespace strata::nn

@@ -13,6 +13,13 @@
 //   s2            S2-Attention: dense_heads dense heads, the others shifted strided shards
 //                 (local_blocks, vertical_stride)
 //   neighborhood  window_blocks blocks spaced `dilation` apart, ending at the query's block
+//   topk          top_k key blocks per query block chosen from mean-pooled q and k on the
+//                 fly (kernels::topk_block_layout: the diagonal block, block 0 with
+//                 topk_keep_first, the best-scoring others; shared by each GQA group)
+//   neighborhood2d  NOT causal, for vision-style inputs: the tokens are a grid_height x
+//                 grid_width grid (row-major) and each attends its window_height x
+//                 window_width neighbours spaced `dilation` apart on both axes (NATTEN's
+//                 2-D neighborhood attention, exact: block layout plus element mask)
 //   dma           Dynamic Mask Attention (arXiv 2508.02124, the Doge models): a bias per
 //                 key of each kv head from the values, bias = A_g softplus(dt), dt =
 //                 concat_heads(v) W_dt^T (dt_proj: n_kv_heads * head_dim -> n_kv_heads,
@@ -27,6 +34,10 @@
 //                 are learned projections initialised to zero, so training starts from
 //                 plain attention with the position term.
 // The block layouts are built once per (length, device) and kept in the block.
+//
+// SSA (arXiv 2511.20102) modes, set by the model for a whole forward pass (see
+// set_ssa_mode): the pattern's attention, plain dense causal attention of the same
+// q, k, v ("full"), or both, returning one and keeping the alignment loss between them.
 //
 // Generation: forward_step appends the new tokens' k and v to a KVCache and attends
 // the new queries over the whole cache; the rows equal those of forward on the full
@@ -46,7 +57,7 @@
 
 namespace strata::nn {
 
-enum class AttentionPattern { Dense, Sliding, Power, S2, Neighborhood, Sinks, Selective, Dma };
+enum class AttentionPattern { Dense, Sliding, Power, S2, Neighborhood, Sinks, Selective, TopK, Neighborhood2D, Dma };
 AttentionPattern parse_attention_pattern(const std::string& name);  // "dense", "sliding", ...
 const char* attention_pattern_name(AttentionPattern pattern);
 
@@ -64,6 +75,12 @@ struct AttentionBlockOptions {
   int64_t dense_heads = 0;       // s2
   int64_t dilation = 1;          // neighborhood
   double selective_beta = 1.5;   // selective: initial beta
+  int64_t top_k = 4;             // topk: key blocks per query block (>= 1 + topk_keep_first)
+  bool topk_keep_first = false;  // topk: always keep key block 0
+  int64_t grid_height = 0;       // neighborhood2d: the token grid (length = height * width)
+  int64_t grid_width = 0;
+  int64_t window_height = 3;     // neighborhood2d: the window (odd sizes are NATTEN's)
+  int64_t window_width = 3;
   int64_t keep_window = 0;       // dma: the keys each query keeps (top by bias), > 0
 
   // Errors name the offending field.
@@ -92,6 +109,16 @@ class AttentionBlock : public Module {
   // n_heads); undefined for the dense patterns.
   const kernels::BlockLayout& layout(int64_t query_length, int64_t key_length, Device device);
 
+  // SSA: Pattern attends by the pattern; Full by dense causal attention; AlignSparse
+  // and AlignFull compute both from the same q, k, v, return the pattern's (sparse)
+  // or the dense output, and keep alignment_loss() = SmoothL1(O_full, sg(O_sparse)) +
+  // SmoothL1(sg(O_full), O_sparse) (means over the elements of the per-head outputs,
+  // sg = stop-gradient) for the caller to read right after forward.
+  enum class SsaMode { Pattern, Full, AlignSparse, AlignFull };
+  void set_ssa_mode(SsaMode mode) { ssa_mode_ = mode; }
+  SsaMode ssa_mode() const { return ssa_mode_; }
+  const Tensor& alignment_loss() const { return alignment_loss_; }
+
   std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
   std::shared_ptr<Linear> dt_proj;  // dma only
 
@@ -101,10 +128,17 @@ class AttentionBlock : public Module {
   // position of the first query (the number of tokens cached before it).
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& x, int64_t query_offset);
   kernels::BlockLayout build_layout(const kernels::LayoutGeometry& geometry) const;
+  // attend() by ssa_mode_.
+  Tensor attend_in_ssa_mode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& x, int64_t query_offset);
+  // neighborhood2d's element mask (0 / -inf), built once per device.
+  const Tensor& neighborhood_2d_mask(Device device, DType dtype);
 
   AttentionBlockOptions options_;
   int64_t head_dim_;
   std::map<std::tuple<int64_t, int64_t, int, int>, kernels::BlockLayout> layouts_;
+  std::map<std::tuple<int, int, int>, Tensor> neighborhood_2d_masks_;
+  SsaMode ssa_mode_ = SsaMode::Pattern;
+  Tensor alignment_loss_;
 };
 
 }  // namespace strata::nn
