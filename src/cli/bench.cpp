@@ -158,6 +158,7 @@ void add_bench_command(CLI::App& app) {
   });
   add_bench_moe_command(*cmd);
   add_bench_attention_command(*cmd);
+  add_bench_ssm_command(*cmd);
 }
 
 }  // namespace strata::cli
