@@ -69,7 +69,8 @@ void grouped_product(Product product, const Tensor& activations, const Tensor& o
     const float* a = activations.data<float>();
     const float* b = other.data<float>();
     const int64_t* o = offsets.data<int64_t>();
-    if (product == Product::Forward) kernels::grouped_gemm_rows_cpu<float>(a, b, o, experts, k, n, true, out.data<float>());
+    if (product == Product::Forward)
+      kernels::grouped_gemm_rows_cpu<float>(a, b, o, experts, k, n, true, out.data<float>());
     if (product == Product::InputGrad)
       kernels::grouped_gemm_rows_cpu<float>(a, b, o, experts, n, k, false, out.data<float>());
     if (product == Product::WeightGrad)
@@ -142,12 +143,13 @@ void bench_moe(const MoEBenchOptions& o) {
   if (device.is_cuda()) cuda::set_device(device.index);
   const bool gpu = device.is_cuda();
   const DType dtype = gpu ? DType::BFloat16 : DType::Float32;
-  const std::vector<int64_t> expert_counts = !o.experts.empty() ? o.experts : gpu ? std::vector<int64_t>{8, 16, 64}
-                                                                                  : std::vector<int64_t>{4};
-  const std::vector<int64_t> token_counts = !o.tokens.empty() ? o.tokens : gpu ? std::vector<int64_t>{8192, 32768, 65536}
-                                                                               : std::vector<int64_t>{64};
-  const std::vector<int64_t> model_dims = !o.d_model.empty() ? o.d_model : gpu ? std::vector<int64_t>{1024, 2048}
-                                                                                : std::vector<int64_t>{32};
+  // The sizes asked for, or the device's defaults (a smoke size on the CPU).
+  auto sizes = [gpu](const std::vector<int64_t>& asked, std::vector<int64_t> on_gpu, std::vector<int64_t> on_cpu) {
+    return !asked.empty() ? asked : gpu ? on_gpu : on_cpu;
+  };
+  const std::vector<int64_t> expert_counts = sizes(o.experts, {8, 16, 64}, {4});
+  const std::vector<int64_t> token_counts = sizes(o.tokens, {8192, 32768, 65536}, {64});
+  const std::vector<int64_t> model_dims = sizes(o.d_model, {1024, 2048}, {32});
   const int iterations = gpu ? o.iterations : std::min(o.iterations, 2);
   // Rates in TFLOP/s on CUDA, GFLOP/s on the CPU.
   const double flop_unit = gpu ? 1e12 : 1e9;
@@ -215,11 +217,14 @@ void bench_moe(const MoEBenchOptions& o) {
         w.router = random({experts, d}, 0.02).set_requires_grad(true);
         w.gate_up = random({experts, 2 * hidden, d}, 0.02).set_requires_grad(true);
         w.down = random({experts, d, hidden}, 0.02).set_requires_grad(true);
+        auto expert_matrix = [](const Tensor& stacked, int64_t e) {
+          return ops::reshape(ops::slice(stacked.detach(), 0, e, e + 1), {stacked.size(1), stacked.size(2)})
+              .clone()
+              .set_requires_grad(true);
+        };
         for (int64_t e = 0; e < experts; ++e) {
-          w.gate_up_per_expert.push_back(
-              ops::reshape(ops::slice(w.gate_up.detach(), 0, e, e + 1), {2 * hidden, d}).clone().set_requires_grad(true));
-          w.down_per_expert.push_back(
-              ops::reshape(ops::slice(w.down.detach(), 0, e, e + 1), {d, hidden}).clone().set_requires_grad(true));
+          w.gate_up_per_expert.push_back(expert_matrix(w.gate_up, e));
+          w.down_per_expert.push_back(expert_matrix(w.down, e));
         }
         Tensor x = random({tokens, d}, 1.0).set_requires_grad(true);
         Tensor grad_y = random({tokens, d}, 1.0);

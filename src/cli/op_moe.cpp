@@ -43,7 +43,8 @@ Tensor read_input(const checkpoint::H5Reader& in, const std::string& name, const
   STRATA_CHECK(in.has(name), "op moe: {} has no dataset '{}' {}", in.path(), name, layout);
   Tensor t = in.read_tensor(name);
   bool fits = t.dim() == static_cast<int64_t>(expected.size());
-  for (size_t i = 0; fits && i < expected.size(); ++i) fits = expected[i] < 0 || t.size(static_cast<int>(i)) == expected[i];
+  for (size_t i = 0; fits && i < expected.size(); ++i)
+    fits = expected[i] < 0 || t.size(static_cast<int>(i)) == expected[i];
   STRATA_CHECK(fits, "op moe: {}: dataset '{}' is {}, expected {}", in.path(), name, t.str(), layout);
   return t.to(device);
 }

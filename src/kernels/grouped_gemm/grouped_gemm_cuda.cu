@@ -173,10 +173,12 @@ __global__ void __launch_bounds__(kThreads)
 
 // ==== tensor-core path (bfloat16): mma.sync m16n8k16, ldmatrix, cp.async pipeline ====
 //
-// C (M, N) = A (M, K) B (K, N) for a 128 x 128 tile of C per block of 8 warps (2 x 4,
-// each 64 x 32 = 4 x 4 mma tiles), K in slices of 32 staged through a 4-deep ring of
-// shared-memory buffers filled by cp.async (the loads of slices kt+1..kt+3 are in
-// flight while slice kt is multiplied). An operand slice is stored as it lies in
+// C (M, N) = A (M, K) B (K, N) for a 128 x 128 tile of C per block of 4 warps (2 x 2,
+// each 64 x 64 = 4 x 8 mma tiles: per 16-deep step a warp reads 2048 operand
+// elements from shared memory for 32 mma, half the shared-memory traffic per mma of
+// 64 x 32 warp tiles; two blocks per SM). K runs in slices of 32 staged through a
+// 4-deep ring of shared-memory buffers filled by cp.async (the loads of slices
+// kt+1..kt+3 are in flight while slice kt is multiplied). An operand slice is stored as it lies in
 // memory, padded by 8 elements (16 bytes) per row so that the 8 row addresses of
 // every ldmatrix fall in distinct bank groups:
 //   A contiguous along k: [128 m][32 + 8]   -> ldmatrix        (row-major A fragment)
@@ -188,12 +190,12 @@ __global__ void __launch_bounds__(kThreads)
 // with zeros by cp.async's source size 0.
 
 constexpr int kTcTileM = 128, kTcTileN = 128, kTcTileK = 32;
-constexpr int kTcThreads = 256;
+constexpr int kTcThreads = 128;
 constexpr int kTcStages = 4;
 constexpr int kTcPad = 8;
-constexpr int kTcWarpM = 64, kTcWarpN = 32;  // each warp's part of the block tile
+constexpr int kTcWarpM = 64, kTcWarpN = 64;  // each warp's part of the block tile
 constexpr int kTcWarpsN = kTcTileN / kTcWarpN;
-constexpr int kTcMmaM = kTcWarpM / 16, kTcMmaN = kTcWarpN / 8;  // 4 x 4 mma tiles per warp
+constexpr int kTcMmaM = kTcWarpM / 16, kTcMmaN = kTcWarpN / 8;  // 4 x 8 mma tiles per warp
 // Elements of one operand buffer: the larger of the two layouts.
 constexpr int kTcBuffer = kTcTileM * (kTcTileK + kTcPad) > kTcTileK * (kTcTileM + kTcPad)
                               ? kTcTileM * (kTcTileK + kTcPad)
@@ -265,7 +267,8 @@ __device__ __forceinline__ void load_slice_async(__nv_bfloat16* buffer, const Tc
     const bool valid = outer < operand.outer_size && k0 + kk < depth;
     const __nv_bfloat16* source =
         kAlongK ? operand.data + outer * operand.stride + (k0 + kk) : operand.data + (k0 + kk) * operand.stride + outer;
-    __nv_bfloat16* target = kAlongK ? buffer + outer * (kTcTileK + kTcPad) + kk : buffer + kk * (kTcTileM + kTcPad) + outer;
+    __nv_bfloat16* target =
+        kAlongK ? buffer + outer * (kTcTileK + kTcPad) + kk : buffer + kk * (kTcTileM + kTcPad) + outer;
     copy_async_16(target, valid ? source : operand.data, valid);
   }
 }
@@ -299,7 +302,7 @@ __device__ __forceinline__ void load_b_fragments(uint32_t (&b)[4], const __nv_bf
   }
 }
 
-// accumulator (this warp's 64 x 32 part of the block tile) = A B over `depth`.
+// accumulator (this warp's 64 x 64 part of the block tile) = A B over `depth`.
 template <bool kAAlongK, bool kBAlongK>
 __device__ void multiply_tile_tensor_cores(const TcOperand& a, const TcOperand& b, int64_t depth,
                                            float (&accumulator)[kTcMmaM][kTcMmaN][4]) {

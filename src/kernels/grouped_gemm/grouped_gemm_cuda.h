@@ -8,7 +8,7 @@
 // Two paths, chosen per call:
 //  - tensor cores, for bfloat16 operands whose matrix dims are multiples of 8 with
 //    16-byte-aligned base pointers: mma.sync m16n8k16 (float32 accumulation) on
-//    128 x 128 output tiles, 8 warps of 64 x 32, K in slices of 32 through a 4-stage
+//    128 x 128 output tiles, 4 warps of 64 x 64, K in slices of 32 through a 4-stage
 //    cp.async ring in shared memory (80 KiB per block, two blocks per SM). Operands
 //    are staged as they lie in memory and transposed, where a product needs it, by
 //    ldmatrix.trans: x W^T (forward), dY W (input gradient) and dY^T X (weight
