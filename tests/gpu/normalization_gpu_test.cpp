@@ -101,10 +101,12 @@ TEST_CASE("layer_norm and rms_norm on CUDA match the CPU") {
 
 TEST_CASE("norms on CUDA: long rows, many rows, unaligned views") {
   testing::require_cuda();
-  // 10000: the forward is cached (up to 16384), the backward streams (over 8192).
-  // 20000: both stream.
+  // 10000: the forward is cached (float32 up to 16384, bfloat16 up to 32768),
+  // the backward streams (over 8192). 20000: both stream in float32, the
+  // bfloat16 forward is cached. 40000: everything streams.
   check_norms(5, 10000, 100);
   check_norms(3, 20000, 200);
+  check_norms(2, 40000, 250);
   // More row groups than the persistent backward grid holds: blocks loop over
   // rows and, for short rows, combine several row groups per block.
   check_norms(3000, 1024, 300);

@@ -3,24 +3,25 @@
 // subtracts the row mean (subtract_mean), rms_norm does not.
 //
 // Tiling and what lives where:
-//  * Forward, cached kernel (rows of up to 512 x 32 = 16384 elements with 16-byte
-//    packs, 512 x 16 = 8192 with single elements). A group of threads_per_row
-//    threads takes one row (part of a warp, a warp, or up to 16 warps;
-//    row_cuda.cuh), each thread holding up to 32 (16) elements of it in registers;
-//    a 256-thread block holds 256 / threads_per_row rows. x is read once: the row
-//    sum (layer_norm) gives the mean, then the sum of squared deviations, from
+//  * Forward, cached kernel (rows of up to 512 x 8 packs: 16384 float32 or 32768
+//    bfloat16 elements with 16-byte packs; 512 x 16 = 8192 single elements). A
+//    group of threads_per_row threads takes one row (part of a warp, a warp, or
+//    up to 16 warps; row_cuda.cuh), each thread holding up to 8 packs (16 single
+//    elements) of it in registers; a 256-thread block holds 256 /
+//    threads_per_row rows, and the grid covers the rows once. x is read once: the
+//    row sum (layer_norm) gives the mean, then the sum of squared deviations, from
 //    the registers, gives rstd (an exact two-pass variance, not E[x^2] - mean^2);
 //    y is written from the registers. Reductions: warp shuffles, plus a 32-float
 //    shared scratch when a row spans warps. mean and rstd (float32) are saved per
 //    row. weight and bias are re-read per row (the same dim elements for every
 //    row: they stay in L1/L2).
-//    (16384, 4096): 128 threads per row, 32 elements each (8 float4 or 4 x 8 bf16).
-//    bfloat16 rows hold half the bytes of float32 rows for the same work per
-//    thread, and a grid of one row group per block left the H200 at ~60% of
-//    copy bandwidth: for bfloat16 the grid is persistent (as many blocks as
-//    are resident) and each block asks the L2 for the rows of its next step
-//    (one bulk prefetch, no registers) before it works on the current ones.
-//    float32, at ~93% with one row group per block, keeps that grid.
+//    (16384, 4096): float32 128 threads per row, bfloat16 64 threads per row,
+//    each with 8 packs (32 and 64 elements). bfloat16 rows of 1024 take 16
+//    threads (part of a warp, packed_row_geometry) so that each keeps 8 packs.
+//    bfloat16 with 4 packs per thread (as float32's row bytes per thread would
+//    give) reached ~66% of copy bandwidth on the H200 even with a persistent
+//    grid prefetching into the L2; 8 packs reach 82% (layer_norm) and 88%
+//    (rms_norm); 16 packs (a warp per row, 128 registers) 75% and 80%.
 //  * Backward, cached kernel (rows of up to 512 x 16 = 8192 elements with
 //    packs, 512 x 8 = 4096 with single elements). The same row groups with half
 //    the elements per thread: each thread holds its x and dy packs, float32
@@ -64,13 +65,14 @@ namespace {
 using row::Pack;
 using row::to_float;
 
-// Row elements one thread keeps in registers: 32 (forward) and 16 (backward,
-// which also holds dy and two running sums per element) with 16-byte packs;
-// half as many with single elements, whose separate addresses cost registers
-// too (the full count would spill).
+// Row elements one thread keeps in registers. Forward: eight 16-byte packs (32
+// float32 or 64 bfloat16 elements), 16 single elements. Backward: 16 elements
+// with packs (it also holds dy and two running sums per element), 8 single
+// elements; single elements have separate addresses, which cost registers too
+// (the full count would spill).
 template <int W>
 constexpr int forward_packs() {
-  return W == 1 ? 16 : 32 / W;
+  return W == 1 ? 16 : 8;
 }
 template <int W>
 constexpr int backward_packs() {
@@ -108,6 +110,20 @@ struct BackwardParams {
   int dim;
   bool subtract_mean;
 };
+
+// Makes the compiler forget what it knows about a 16-byte pack of 2-byte
+// elements: an empty asm that "changes" its registers. The float32 values
+// converted from it before this point are then not kept alive after it (8
+// registers per pack) but converted again from the packed registers (a shift per
+// element). The bfloat16 forward holds 64 elements per thread: without this its
+// two-pass statistics kept every element in float32 too (104 registers, not 77).
+template <class T, int W>
+__device__ __forceinline__ void forget_converted(Pack<T, W>& pack) {
+  if constexpr (sizeof(T) == 2 && sizeof(T) * W == 16) {
+    uint32_t* words = reinterpret_cast<uint32_t*>(&pack);
+    asm volatile("" : "+r"(words[0]), "+r"(words[1]), "+r"(words[2]), "+r"(words[3]));
+  }
+}
 
 // Asks the L2 cache for rows [first, first + count) of `data` (clamped to
 // `rows`), to be read by the next step of the calling block: one bulk prefetch
@@ -149,6 +165,8 @@ __device__ __forceinline__ void forward_rows(const ForwardParams<T>& p, int thre
   if (p.subtract_mean) {
     row::reduce_over_row(sum, threads_per_row, scratch, row::SumOp{});
     mean = sum[0] / p.dim;
+#pragma unroll
+    for (int i = 0; i < kPacks; ++i) forget_converted(cached[i]);
   }
   float squares[1] = {0.0f};
 #pragma unroll
@@ -163,6 +181,8 @@ __device__ __forceinline__ void forward_rows(const ForwardParams<T>& p, int thre
   }
   row::reduce_over_row(squares, threads_per_row, scratch, row::SumOp{});
   const float rstd = rsqrtf(squares[0] / p.dim + p.eps);
+#pragma unroll
+  for (int i = 0; i < kPacks; ++i) forget_converted(cached[i]);
   if (active && lane == 0) {
     if (p.mean) p.mean[row] = mean;
     p.rstd[row] = rstd;
@@ -187,29 +207,13 @@ __device__ __forceinline__ void forward_rows(const ForwardParams<T>& p, int thre
   }
 }
 
-// One row group per block and step; `kPersistent`: the grid is smaller than the
-// rows (as many blocks as are resident) and strides over them, each block
-// prefetching the rows of its next step into the L2 first. The persistent grid
-// wants 4 resident blocks of 256 threads (64 registers; the compiler's own
-// choice of 76 leaves 3), hence at least 2 blocks of 512; the 0 leaves the
-// other instantiations to the compiler's default.
-template <class T, int W, bool kPersistent>
-__global__ void __launch_bounds__(row::kMaxThreadsPerRow, kPersistent ? 2 : 0)
-    norm_forward_cached_kernel(ForwardParams<T> p, int threads_per_row) {
+// Each row group of the block takes one row; the grid covers the rows once.
+template <class T, int W>
+__global__ void __launch_bounds__(row::kMaxThreadsPerRow) norm_forward_cached_kernel(ForwardParams<T> p,
+                                                                                   int threads_per_row) {
   __shared__ float scratch[1][32];
   const int rows_per_block = blockDim.x / threads_per_row;
-  const int64_t block_first = static_cast<int64_t>(blockIdx.x) * rows_per_block;
-  if constexpr (kPersistent) {
-    const int64_t step = static_cast<int64_t>(gridDim.x) * rows_per_block;
-    // `first` is the same for the whole block, so every thread runs the same
-    // iterations and reaches the block-wide synchronisations of reduce_over_row.
-    for (int64_t first = block_first; first < p.rows; first += step) {
-      prefetch_rows(p.x, first + step, rows_per_block, p.rows, p.dim);
-      forward_rows<T, W>(p, threads_per_row, first, scratch);
-    }
-  } else {
-    forward_rows<T, W>(p, threads_per_row, block_first, scratch);
-  }
+  forward_rows<T, W>(p, threads_per_row, static_cast<int64_t>(blockIdx.x) * rows_per_block, scratch);
 }
 
 template <class T>
@@ -435,6 +439,18 @@ unsigned int blocks_for(int64_t items, int64_t per_block) {
   return static_cast<unsigned int>((items + per_block - 1) / per_block);
 }
 
+// As row::cached_row_geometry, but a row shorter than a warp's worth of full
+// threads takes fewer threads (part of a warp): the bfloat16 forward keeps its 8
+// packs per thread at 1024 columns (16 threads per row).
+row::RowGeometry packed_row_geometry(int64_t dim, int width, int max_packs) {
+  const int64_t packs = (dim + width - 1) / width;
+  int64_t threads = 1;
+  while (threads * max_packs < packs) threads *= 2;
+  if (threads > row::kMaxThreadsPerRow) return {};
+  const int threads_per_row = static_cast<int>(threads);
+  return {threads_per_row, threads_per_row >= row::kBlockThreads ? 1 : row::kBlockThreads / threads_per_row};
+}
+
 int multiprocessor_count() {
   int device = 0, count = 0;
   STRATA_CUDA_CHECK(cudaGetDevice(&device));
@@ -451,29 +467,22 @@ void launch_forward(const NormForwardCudaArguments& args) {
   cudaStream_t stream = cuda::stream();
   constexpr int kVector = row::vector_width<T>();
   const bool vectorized = args.dim % kVector == 0 && row::aligned_16({args.x, args.weight, args.bias, args.y});
-  const row::RowGeometry geometry = vectorized ? row::cached_row_geometry(args.dim, kVector, forward_packs<kVector>())
-                                               : row::cached_row_geometry(args.dim, 1, forward_packs<1>());
+  row::RowGeometry geometry = row::cached_row_geometry(args.dim, 1, forward_packs<1>());
+  if (vectorized)
+    geometry = sizeof(T) == 2 ? packed_row_geometry(args.dim, kVector, forward_packs<kVector>())
+                              : row::cached_row_geometry(args.dim, kVector, forward_packs<kVector>());
   if (!geometry.fits()) {
     norm_forward_streaming_kernel<T>
         <<<static_cast<unsigned int>(args.rows), row::streaming_row_geometry().block_threads(), 0, stream>>>(p);
     STRATA_CUDA_CHECK_LAUNCH("norm_forward_streaming_kernel");
     return;
   }
-  unsigned int blocks = blocks_for(args.rows, geometry.rows_per_block);
+  const unsigned int blocks = blocks_for(args.rows, geometry.rows_per_block);
   if (vectorized) {
-    // bfloat16: a persistent grid that prefetches (see the header).
-    constexpr bool kPersistent = sizeof(T) == 2;
-    const auto kernel = norm_forward_cached_kernel<T, kVector, kPersistent>;
-    if (kPersistent) {
-      int resident_per_multiprocessor = 0;
-      STRATA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident_per_multiprocessor, kernel,
-                                                                      geometry.block_threads(), 0));
-      blocks = std::min<unsigned int>(blocks, std::max(1, resident_per_multiprocessor) * multiprocessor_count());
-    }
-    kernel<<<blocks, geometry.block_threads(), 0, stream>>>(p, geometry.threads_per_row);
-  } else {
-    norm_forward_cached_kernel<T, 1, false>
+    norm_forward_cached_kernel<T, kVector>
         <<<blocks, geometry.block_threads(), 0, stream>>>(p, geometry.threads_per_row);
+  } else {
+    norm_forward_cached_kernel<T, 1><<<blocks, geometry.block_threads(), 0, stream>>>(p, geometry.threads_per_row);
   }
   STRATA_CUDA_CHECK_LAUNCH("norm_forward_cached_kernel");
 }
