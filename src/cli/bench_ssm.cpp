@@ -11,7 +11,9 @@
 //    the kernel accumulates them), dA, dD, ddelta_bias written. The float32 chunk
 //    checkpoints the forward pass leaves for the backward pass (N floats every 16
 //    steps per channel, every 32 for N = 1) are not counted: they are the kernel's
-//    choice, not the op's inputs.
+//    choice, not the op's inputs. The scan lines also give the rate of exp(delta A)
+//    evaluations, batch d_inner L N per forward pass and twice that per backward pass
+//    (the states are recomputed, then the reverse sweep needs the decays again).
 //  - causal_conv1d (kernel 4, bias, SiLU) over x (batch, d_inner, L). Forward: x
 //    read, y written; backward: x and dy read, dx written (weights negligible but
 //    counted).
@@ -121,11 +123,14 @@ class SsmBench {
                fmt::format("copy float32[2^{}]", static_cast<int>(std::log2(elements))), ms, copy_gbps_);
   }
 
-  void print(const std::string& name, double ms, double bytes, int64_t length) {
+  // exps: the exp() evaluations of the pass, or 0 where they are not worth counting.
+  void print(const std::string& name, double ms, double bytes, int64_t length, double exps = 0) {
     const double gbps = bytes / (ms * 1e-3) / 1e9;
     const double tokens_per_s = static_cast<double>(o_.batch * length) / (ms * 1e-3);
-    fmt::print("{:<58} {:9.3f} ms  {:8.2f} GB/s  {:5.1f}% of copy  {:9.2f} Mtok/s\n", name, ms, gbps,
-               100.0 * gbps / copy_gbps_, tokens_per_s / 1e6);
+    std::string line = fmt::format("{:<58} {:9.3f} ms  {:8.2f} GB/s  {:5.1f}% of copy  {:9.2f} Mtok/s", name, ms,
+                                   gbps, 100.0 * gbps / copy_gbps_, tokens_per_s / 1e6);
+    if (exps > 0) line += fmt::format("  {:8.1f} Gexp/s", exps / (ms * 1e-3) / 1e9);
+    fmt::print("{}\n", line);
   }
 
   // Forward with the tape off; backward by replaying the node recorded once with the
@@ -178,8 +183,9 @@ class SsmBench {
     const double forward_bytes = 4 * activations + 2 * bc + parameters;                     // u delta z B C A D bias; y
     const double backward_bytes = 7 * activations + 2 * bc + bc_grads + 2 * parameters;  // + dy; du ddelta dz dB dC
     const std::string shape = fmt::format("{}[{}, {}, {}] N {}", dtype_name(dtype_), batch, d_inner, length, d_state);
-    print("selective_scan forward " + shape, t.forward_ms, forward_bytes, length);
-    print("selective_scan backward " + shape, t.backward_ms, backward_bytes, length);
+    const double exps = static_cast<double>(batch * d_inner * length * d_state);
+    print("selective_scan forward " + shape, t.forward_ms, forward_bytes, length, exps);
+    print("selective_scan backward " + shape, t.backward_ms, backward_bytes, length, 2 * exps);
   }
 
   void bench_conv(int64_t channels, int64_t length) {

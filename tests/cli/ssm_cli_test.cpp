@@ -51,7 +51,7 @@ TEST_CASE("strata bench ssm runs at its CPU smoke size and prints every kernel a
         "selective_scan backward float32[2, 128, 256] N 16", "selective_scan forward float32[2, 128, 256] N 1",
         "selective_scan backward float32[2, 128, 256] N 1", "causal_conv1d forward float32[2, 128, 256] kernel 4",
         "causal_conv1d backward float32[2, 128, 256] kernel 4", "ssd_chunked forward float32[2, 256, 8 x 16] N 16",
-        "ssd_chunked backward float32[2, 256, 8 x 16] N 16 chunk 64", "% of copy", "Mtok/s"})
+        "ssd_chunked backward float32[2, 256, 8 x 16] N 16 chunk 64", "% of copy", "Mtok/s", "Gexp/s"})
     CHECK_MESSAGE(r.out.find(line) != std::string::npos, line << " missing from\n" << r.out);
 }
 
