@@ -391,6 +391,9 @@ SelectiveScanResult selective_scan_routes(const Tensor& u, const Tensor& delta, 
   if (options.initial_state.defined())
     check_shape(op, "initial_state", options.initial_state, {batch, routes, d_inner, d_state},
                 "(batch, K, d_inner, N)");
+  STRATA_CHECK(groups > 0 && d_inner % groups == 0,
+               "{}: d_inner {} of u {} is not divisible by the {} groups of B {}", op, d_inner, u.str(), groups,
+               B.str());
 
   uint64_t reversed_routes = 0;
   for (size_t k = 0; k < reversed.size(); ++k)

@@ -431,6 +431,12 @@ TEST_CASE("selective_scan_routes errors name the routes' shapes") {
   bad[4] = testing::random({2, 3, 2, 3, 4}, 1);
   CHECK_THROWS_WITH_AS(scan(bad, c.reversed),
                        doctest::Contains("C float64[2, 3, 2, 3, 4] on cpu must have shape [2, 3, 2, 3, 5]"), Error);
+  bad = in;
+  bad[3] = testing::random({2, 3, 3, 3, 5}, 1);
+  bad[4] = testing::random({2, 3, 3, 3, 5}, 2);
+  CHECK_THROWS_WITH_AS(scan(bad, c.reversed),
+                       doctest::Contains("d_inner 4 of u float64[2, 3, 4, 5] on cpu is not divisible by the 3 groups"),
+                       Error);
   ops::SelectiveScanOptions options;
   options.D = testing::random({12}, 1);
   CHECK_THROWS_WITH_AS(scan(in, c.reversed, options),

@@ -343,7 +343,7 @@ __global__ void __launch_bounds__(kThreads)
       float dy = 0.0f;
       if (cc < place.channels && j < count) {
         const int64_t index =
-          (place.b * s.d_inner + place.first_channel + cc) * s.length + position_of(s, place, step0 + j);
+            (place.b * s.d_inner + place.first_channel + cc) * s.length + position_of(s, place, step0 + j);
         const float dout = load(output_grads.out, index);
         if (in.z) {
           const float z = load(in.z, index), gate = sigmoid(z);
