@@ -42,7 +42,8 @@
 // Generation: forward_step appends the new tokens' k and v to a KVCache and attends
 // the new queries over the whole cache; the rows equal those of forward on the full
 // sequence (every pattern but neighborhood, whose window is centred on equal
-// lengths).
+// lengths; topk, whose one new query selects alone instead of pooled with its block,
+// so its rows may differ; and neighborhood2d, which does not decode).
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
-// topk_block_layout (strata/kernels/block_layout.h): argument checks, the row offsets
-// from the geometry, and the selection on q's device (topk_blocks_cpu.cpp,
+// topk_block_layout (strata/kernels/block_layout.h): argument checks and the selection
+// on q's device (topk_blocks_cpu.cpp,
 // topk_blocks_cuda.cu).
 #include <vector>
 
@@ -60,13 +60,15 @@ BlockLayout topk_block_layout(const Tensor& q_given, const Tensor& k_given, cons
   const LayoutGeometry geometry{s.length_q, s.length_k, s.block_size};
 
   const int64_t query_blocks = s.query_blocks(), key_blocks = s.key_blocks();
-  std::vector<int32_t> row_offsets{0};
-  for (int64_t bh = 0; bh < s.batch * s.heads; ++bh)
-    for (int64_t i = 0; i < query_blocks; ++i)
-      row_offsets.push_back(row_offsets.back() + static_cast<int32_t>(s.row_length(i)));
-  const int64_t present = row_offsets.back();
+  int64_t per_head = 0;  // blocks kept by the rows of one (batch, head)
+  for (int64_t i = 0; i < query_blocks; ++i) per_head += s.row_length(i);
+  const int64_t present = s.batch * s.heads * per_head;
 
   if (q.device().is_cpu()) {
+    std::vector<int32_t> row_offsets{0};
+    for (int64_t bh = 0; bh < s.batch * s.heads; ++bh)
+      for (int64_t i = 0; i < query_blocks; ++i)
+        row_offsets.push_back(row_offsets.back() + static_cast<int32_t>(s.row_length(i)));
     std::vector<int32_t> column_indices(static_cast<size_t>(present));
     if (q.dtype() == DType::Float32)
       topk_blocks_cpu(s, q.data<float>(), k.data<float>(), row_offsets.data(), column_indices.data());
@@ -84,7 +86,7 @@ BlockLayout topk_block_layout(const Tensor& q_given, const Tensor& k_given, cons
 #ifdef STRATA_WITH_CUDA
   const Device device = q.device();
   const int64_t columns = s.batch * s.heads * key_blocks;
-  Tensor offsets = Tensor::from_vector(row_offsets, {static_cast<int64_t>(row_offsets.size())}).to(device);
+  Tensor offsets = Tensor::empty({s.batch * s.heads * query_blocks + 1}, DType::Int32, device);
   Tensor column_indices = Tensor::empty({present}, DType::Int32, device);
   Tensor column_offsets = Tensor::empty({columns + 1}, DType::Int32, device);
   Tensor row_indices = Tensor::empty({present}, DType::Int32, device);

@@ -1,4 +1,7 @@
-// Top-k block selection on CUDA (rule in topk_blocks.h), in five small kernels:
+// Top-k block selection on CUDA (rule in topk_blocks.h), in six small kernels:
+//  0. row offsets: the row lengths depend on the query block only, so row r = (batch,
+//     head) * query_blocks + i starts at (r / query_blocks) * per_head + prefix(i),
+//     one thread per row (no host copy, no synchronisation);
 //  1. pool: one block of threads per pooled row (a query block of a selecting head,
 //     or a key block of a kv head), threads over head_dim, float32 sums;
 //  2. select: one warp per selecting row; the lanes score the visible key blocks into
@@ -29,6 +32,19 @@ namespace {
 constexpr int kPoolThreads = 128;
 constexpr int kScanThreads = 1024;
 constexpr int kColumnThreads = 256;
+
+__global__ void fill_row_offsets(TopKBlockSizes s, int32_t* row_offsets) {
+  const int64_t rows = s.batch * s.heads * s.query_blocks();
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r > rows) return;
+  int64_t per_head = 0, prefix = 0;
+  const int64_t i = r % s.query_blocks();
+  for (int64_t n = 0; n < s.query_blocks(); ++n) {
+    if (n < i) prefix += s.row_length(n);
+    per_head += s.row_length(n);
+  }
+  row_offsets[r] = static_cast<int32_t>((r / s.query_blocks()) * per_head + prefix);
+}
 
 // pooled_q (batch, selecting heads, query_blocks, D) then pooled_k (batch, kv_heads,
 // key_blocks, D): blockIdx.x enumerates the query rows first, then the key rows.
@@ -196,10 +212,14 @@ __global__ void scan_counts(const int32_t* counts, int64_t n, int32_t* offsets) 
 }
 
 template <class T>
-void launch(const TopKBlockSizes& s, const void* q, const void* k, const int32_t* row_offsets,
-            int32_t* column_indices, int32_t* column_offsets, int32_t* row_indices, float* workspace,
-            int32_t* column_counts) {
+void launch(const TopKBlockSizes& s, const void* q, const void* k, int32_t* row_offsets, int32_t* column_indices,
+            int32_t* column_offsets, int32_t* row_indices, float* workspace, int32_t* column_counts) {
   cudaStream_t stream = cuda::stream();
+  const int64_t rows = s.batch * s.heads * s.query_blocks();
+  fill_row_offsets<<<static_cast<unsigned>((rows + 1 + kColumnThreads - 1) / kColumnThreads), kColumnThreads, 0,
+                     stream>>>(s, row_offsets);
+  STRATA_CUDA_CHECK_LAUNCH("topk_blocks fill_row_offsets");
+
   float* pooled_q = workspace;
   float* pooled_k = workspace + s.batch * s.selecting_heads() * s.query_blocks() * s.head_dim;
   const int64_t query_rows = s.batch * s.selecting_heads() * s.query_blocks();
@@ -230,9 +250,9 @@ void launch(const TopKBlockSizes& s, const void* q, const void* k, const int32_t
 
 }  // namespace
 
-bool topk_blocks_cuda(DType dtype, const TopKBlockSizes& sizes, const void* q, const void* k,
-                      const int32_t* row_offsets, int32_t* column_indices, int32_t* column_offsets,
-                      int32_t* row_indices, float* workspace, int32_t* column_counts) {
+bool topk_blocks_cuda(DType dtype, const TopKBlockSizes& sizes, const void* q, const void* k, int32_t* row_offsets,
+                      int32_t* column_indices, int32_t* column_offsets, int32_t* row_indices, float* workspace,
+                      int32_t* column_counts) {
   switch (dtype) {
     case DType::Float32:
       launch<float>(sizes, q, k, row_offsets, column_indices, column_offsets, row_indices, workspace, column_counts);
