@@ -10,6 +10,11 @@
 // row, then dq (and dbias) per query row, then dk and dv per (batch, kv head, key)
 // over the visible queries of every head of the group, found through the block
 // list's columns (CSC). The recomputation costs a second pass over the scores.
+//
+// A dynamic key mask (AttentionKeyMask, DMA) enters through the score: -inf for a
+// key the query drops, plus the key's bias otherwise; the reference visits every
+// causally visible key (no tile skipping), and the key bias gradient is summed in
+// the dk/dv iteration that owns the key.
 #pragma once
 
 #include "kernels/attention/attention_args.h"
