@@ -185,6 +185,13 @@ std::vector<Tensor> backward(const Saved& t, const Tensor& out, const Tensor& ls
 
 Tensor dynamic_mask_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_bias,
                               int64_t keep_window, std::optional<double> scale) {
+  // Autocast (ops::AutocastGuard), as ops::attention: float32 CUDA q, k and v run on
+  // the 16-bit tensor-core kernels, cast on the tape; the key bias (and so the
+  // selection) stays float32, and out returns in float32.
+  if (std::optional<DType> low = autocast_dtype(); low && q.device().is_cuda() && q.dtype() == DType::Float32 &&
+                                                  k.dtype() == DType::Float32 && v.dtype() == DType::Float32)
+    return cast(dynamic_mask_attention(cast(q, *low), cast(k, *low), cast(v, *low), key_bias, keep_window, scale),
+                DType::Float32);
   Saved t;
   t.sizes = check_arguments(q, k, v, key_bias, keep_window, scale);
   const DType acc = q.dtype() == DType::Float64 ? DType::Float64 : DType::Float32;

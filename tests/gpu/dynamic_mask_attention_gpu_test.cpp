@@ -108,3 +108,22 @@ TEST_CASE("dynamic_mask_attention on CUDA matches the CPU at other head dims (CU
               .ties = true},
              22);
 }
+
+TEST_CASE("dynamic_mask_attention under bfloat16 autocast runs the bfloat16 kernels and returns float32") {
+  testing::require_cuda();
+  const GpuCase c{.batch = 2, .heads = 2, .kv_heads = 1, .length_q = 200, .length_k = 200, .window = 24};
+  std::vector<Tensor> cuda_inputs;
+  for (const Tensor& x : make_inputs(c, 31)) cuda_inputs.push_back(x.to(DType::Float32).to(Device::cuda(0)));
+  const Tensor &q = cuda_inputs[0], &k = cuda_inputs[1], &v = cuda_inputs[2], &bias = cuda_inputs[3];
+  Tensor autocast_out;
+  {
+    ops::AutocastGuard autocast(DType::BFloat16);
+    autocast_out = ops::dynamic_mask_attention(q, k, v, bias, c.window);
+  }
+  CHECK(autocast_out.dtype() == DType::Float32);
+  // The same computation as casting q, k and v by hand: equal to the last bit.
+  Tensor by_hand = ops::dynamic_mask_attention(ops::cast(q, DType::BFloat16), ops::cast(k, DType::BFloat16),
+                                               ops::cast(v, DType::BFloat16), bias, c.window);
+  CHECK(testing::max_abs_difference(autocast_out.to(Device::cpu()),
+                                    ops::cast(by_hand, DType::Float32).to(Device::cpu())) == 0.0);
+}
