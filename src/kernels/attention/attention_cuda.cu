@@ -5,14 +5,23 @@
 //
 // Fast path: bfloat16 and float16 with head_dim 64 or 128 (16-byte aligned rows),
 // tensor cores through mma.sync m16n8k16 with float32 accumulation.
-//  - forward, one block of 4 warps per (batch, head, 64 query rows): Q, one K tile
-//    and one V tile of 64 keys in shared memory (rows padded by 16 bytes, so
-//    ldmatrix is free of bank conflicts), loaded by cp.async so V arrives while
-//    S = Q K^T is computed and the next K while P V is. Each warp owns 16 query rows:
-//    its scores, running maximum and sum (online softmax in log2 units, exp2f) and
-//    its (16 x head_dim) output stay in registers, and P feeds the P V product
-//    straight from the score registers (rounded to the input dtype, as FlashAttention-2
-//    does). The sink enters as the initial maximum with weight 1.
+//  - forward, one block of 4 warps per (batch, head, 128 query rows): Q and two
+//    stages of (K, V) tiles of 64 keys in shared memory (rows padded by 16 bytes, so
+//    ldmatrix is free of bank conflicts), loaded by cp.async: the next tile arrives
+//    while this one is computed, with one barrier per tile. Each warp owns 32 query
+//    rows (two m16 tiles), so every K and V fragment read from shared memory feeds 4
+//    mma: at head_dim 128, 256 bytes of ldmatrix per mma for S = Q K^T and 128 for
+//    P V (320 and 256 with 16 rows per warp). The warp's scores, running maximum and
+//    sum (online softmax in log2 units, exp2f) and its (32 x head_dim) output stay in
+//    registers; at head_dim 128 the softmax steps over 32 keys at a time, as o takes
+//    128 registers. P feeds P V straight from the score registers (rounded to the
+//    input dtype, as FlashAttention-2 does). The sink enters as the initial maximum
+//    with weight 1. Causal: a warp skips the keys that none of its rows sees, and
+//    masks per entry only the steps that cross its diagonal.
+//    A bias or a key mask (per-entry reads that the 128-row kernel has no registers
+//    for), and a block list of 64-row blocks, take a 64-row kernel: 4 warps of 16
+//    rows, one K and one V buffer (V arrives while S is computed, the next K while
+//    P V is).
 //  - backward, one block of 8 warps per (batch, kv head, 64 keys): K and V stay in
 //    shared memory; for every head of the group and every query tile that sees
 //    these keys, Q, dO, lse and delta are loaded, S and dP = dO V^T are recomputed
@@ -206,8 +215,12 @@ __global__ void attention_dq_kernel(const float* dq_accumulator, T* dq, int64_t 
 
 // ---- fast path: mma.sync m16n8k16 -------------------------------------------------------
 
-constexpr int kFastTile = 64;  // query rows per forward block, keys per tile
+constexpr int kFastTile = 64;  // keys per tile (both passes), query rows per backward tile
+constexpr int kForwardRowsPerWarp = 32;  // two m-tiles, so every K and V fragment feeds 4 mma
 constexpr int kFastForwardThreads = 128;
+constexpr int kFastForwardRows = kFastForwardThreads / 32 * kForwardRowsPerWarp;
+constexpr int kFastForwardBlocksPerSm = 2;  // __launch_bounds__: at most 255 registers per thread
+constexpr int kFastRows64Threads = 128;
 constexpr int kFastBackwardThreads = 256;
 constexpr int kPad = 8;  // 16 bytes of padding per shared-memory row
 
@@ -245,6 +258,38 @@ __device__ __forceinline__ void load_matrix_x4_transposed(uint32_t (&r)[4], cons
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(shared_address(address)));
+}
+
+// The same from a shared-memory address (uint32_t arithmetic, so that the
+// per-fragment offsets fold into the instruction's immediate).
+__device__ __forceinline__ void load_matrix_x4(uint32_t (&r)[4], uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+__device__ __forceinline__ void load_matrix_x4_transposed(uint32_t (&r)[4], uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+// Rows [first, first + kRows) of a (rows, kD) matrix into shared memory as
+// load_tile_async does, for a block of exactly kThreads threads: each thread keeps
+// one 16-byte column and steps down the rows.
+template <class T, int kD, int kRows, int kThreads>
+__device__ __forceinline__ void load_rows_async(T* shared, const T* global, int64_t first, int64_t rows) {
+  constexpr int kChunksPerRow = kD / 8, kRowsPerPass = kThreads / kChunksPerRow;
+  static_assert(kThreads % kChunksPerRow == 0 && kRows % kRowsPerPass == 0);
+  const int r0 = threadIdx.x / kChunksPerRow, column = (threadIdx.x % kChunksPerRow) * 8;
+  const int64_t remaining = rows - first - r0;  // rows at or past it are zeros
+  const T* source = global + (first + r0) * kD + column;
+  T* target = shared + r0 * (kD + kPad) + column;
+#pragma unroll
+  for (int pass = 0; pass < kRows / kRowsPerPass; ++pass) {
+    const bool valid = pass * kRowsPerPass < remaining;
+    copy_async_16(target + pass * kRowsPerPass * (kD + kPad), valid ? source + pass * kRowsPerPass * kD : global,
+                  valid);
+  }
 }
 
 // Fragment loads for mma m16n8k16 from a row-major tile with row stride `stride`
@@ -301,6 +346,10 @@ __device__ __forceinline__ void mma_16x8x16<__half>(float (&c)[4], const uint32_
 
 template <int kD>
 constexpr size_t fast_forward_shared_bytes() {
+  return (size_t{kFastForwardRows} + size_t{4} * kFastTile) * (kD + kPad) * 2;  // Q, 2 stages of K and V
+}
+template <int kD>
+constexpr size_t fast_forward_rows64_shared_bytes() {
   return size_t{3} * kFastTile * (kD + kPad) * 2;  // Q, K, V
 }
 template <int kD>
@@ -311,12 +360,12 @@ constexpr size_t fast_backward_shared_bytes() {
 }
 
 template <class T, int kD>
-__global__ void __launch_bounds__(kFastForwardThreads)
-    attention_forward_fast_kernel(AttentionSizes s, AttentionBlocks blocks, AttentionInputs<void, float> in, T* out,
-                                  float* lse) {
+__global__ void __launch_bounds__(kFastRows64Threads)
+    attention_forward_fast_rows64_kernel(AttentionSizes s, AttentionBlocks blocks, AttentionInputs<void, float> in,
+                                         T* out, float* lse) {
   constexpr int kStride = kD + kPad;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
-  T* q_tile = reinterpret_cast<T*>(shared_bytes);
+  T* q_tile = reinterpret_cast<T*>(shared_bytes);  // 64 rows
   T* k_tile = q_tile + kFastTile * kStride;
   T* v_tile = k_tile + kFastTile * kStride;
 
@@ -458,6 +507,215 @@ __global__ void __launch_bounds__(kFastForwardThreads)
           pack_pair<T>(o[nt][2 * r] * inverse, o[nt][2 * r + 1] * inverse);
     if (t == 0) lse[bh * s.length_q + i] = total > 0.f ? (row_max[r] + log2f(total)) * kLn2 : -INFINITY;
   }
+}
+
+template <class T, int kD>
+__global__ void __launch_bounds__(kFastForwardThreads, kFastForwardBlocksPerSm)
+    attention_forward_fast_kernel(AttentionSizes s, AttentionBlocks blocks, AttentionInputs<void, float> in, T* out,
+                                  float* lse) {
+  constexpr int kStride = kD + kPad;
+  constexpr int kRows = kFastForwardRows;
+  constexpr int kTileElements = kFastTile * kStride;
+  constexpr int kThreads = kFastForwardThreads;
+  // Keys per softmax step: at head_dim 128, o (128 registers) and the scores of 64
+  // keys (64) leave too few registers, so each shared-memory tile takes two steps.
+  constexpr int kScoreKeys = kD == 128 ? 32 : kFastTile;
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  T* q_tile = reinterpret_cast<T*>(shared_bytes);
+  T* kv_stages = q_tile + kRows * kStride;  // stage st: K at kv_stages + 2 st kTileElements, V after it
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads, kv_head = h / s.group();
+  // Row and key indices fit in int (the launcher checks): 32-bit math inside the key loop.
+  const int length_q = static_cast<int>(s.length_q), length_k = static_cast<int>(s.length_k);
+  const int causal_offset = length_k - length_q;
+  // Causal rows near the end see the most keys: start them first.
+  const int query_tile = static_cast<int>(s.causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y);
+  const int row0 = query_tile * kRows, warp_row0 = row0 + warp * kForwardRowsPerWarp;
+  const T* q = static_cast<const T*>(in.q) + bh * s.length_q * kD;
+  const T* k = static_cast<const T*>(in.k) + (b * s.kv_heads + kv_head) * s.length_k * kD;
+  const T* v = static_cast<const T*>(in.v) + (b * s.kv_heads + kv_head) * s.length_k * kD;
+  const float scale_log2 = static_cast<float>(s.scale) * kLog2e;
+
+  const KeyTileWalk<kFastTile> walk(s, blocks, h, row0, min(row0 + kRows - 1, length_q - 1), in.key_mask, b);
+  int64_t n = walk.next(0);
+  load_rows_async<T, kD, kRows, kThreads>(q_tile, q, row0, s.length_q);
+  if (n < walk.count) {
+    const int64_t key0 = walk.tile(n) * kFastTile;
+    load_rows_async<T, kD, kFastTile, kThreads>(kv_stages, k, key0, s.length_k);
+    load_rows_async<T, kD, kFastTile, kThreads>(kv_stages + kTileElements, v, key0, s.length_k);
+  }
+  copy_async_commit();
+  // This lane's shared-memory addresses for the fragment loads (the lane formulas of
+  // load_a, load_b_n_major and load_b_k_major): Q at the warp's first m-tile, K and V
+  // of stage 0; stage 1 lies kStageBytes further.
+  const uint32_t q_lane =
+      shared_address(q_tile + (warp * kForwardRowsPerWarp + lane % 16) * kStride + (lane / 16) * 8);
+  const uint32_t k_lane = shared_address(kv_stages + (lane % 8 + (lane / 16) * 8) * kStride + ((lane / 8) % 2) * 8);
+  const uint32_t v_lane =
+      shared_address(kv_stages + kTileElements + (lane % 8 + ((lane / 8) % 2) * 8) * kStride + (lane / 16) * 8);
+  constexpr uint32_t kStageBytes = 2 * kTileElements * sizeof(T);
+
+  // Per m-tile m (rows 16 m .. 16 m + 15 of the warp's 32) and half r (row g or
+  // g + 8 of it): the running maximum (log2 units), the same in the 4 lanes of a
+  // row, and this lane's partial sum, added across the row at the end (the sink's
+  // weight 1 in lane t == 0).
+  const bool has_sink = in.sinks != nullptr;
+  const float sink_log2 = has_sink ? in.sinks[h] * kLog2e : -INFINITY;
+  float row_max[2][2], row_sum[2][2];
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row_max[m][r] = sink_log2;
+      row_sum[m][r] = has_sink && t == 0 ? 1.f : 0.f;
+    }
+  float o[2][kD / 8][4];
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int nt = 0; nt < kD / 8; ++nt) o[m][nt][0] = o[m][nt][1] = o[m][nt][2] = o[m][nt][3] = 0.f;
+
+  int stage = 0;
+  while (n < walk.count) {
+    const int tile_key0 = static_cast<int>(walk.tile(n)) * kFastTile;
+    const int64_t next = walk.next(n + 1);
+    copy_async_wait_all();
+    __syncthreads();  // this tile is in `stage` for every warp, and every warp is done with the other stage
+    if (next < walk.count) {
+      const int64_t next_key0 = walk.tile(next) * kFastTile;
+      T* next_k = kv_stages + 2 * (stage ^ 1) * kTileElements;
+      load_rows_async<T, kD, kFastTile, kThreads>(next_k, k, next_key0, s.length_k);
+      load_rows_async<T, kD, kFastTile, kThreads>(next_k + kTileElements, v, next_key0, s.length_k);
+    }
+    copy_async_commit();
+    const uint32_t k_stage = k_lane + stage * kStageBytes, v_stage = v_lane + stage * kStageBytes;
+    stage ^= 1;
+    n = next;
+
+#pragma unroll 1
+    for (int sub = 0; sub < kFastTile / kScoreKeys; ++sub) {
+      const int key0 = tile_key0 + sub * kScoreKeys;
+      // A warp whose rows all lie past Lq, or before every key here (causal), has nothing to add.
+      if (warp_row0 >= length_q || (s.causal && key0 > warp_row0 + kForwardRowsPerWarp - 1 + causal_offset)) continue;
+
+      // S = Q K^T for the warp's 32 rows and kScoreKeys keys: each K fragment feeds both m-tiles.
+      float scores[2][kScoreKeys / 8][4];
+#pragma unroll
+      for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int nt = 0; nt < kScoreKeys / 8; ++nt)
+          scores[m][nt][0] = scores[m][nt][1] = scores[m][nt][2] = scores[m][nt][3] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks) {
+        uint32_t a[2][4];
+#pragma unroll
+        for (int m = 0; m < 2; ++m) load_matrix_x4(a[m], q_lane + (16 * m * kStride + ks * 16) * sizeof(T));
+#pragma unroll
+        for (int pair = 0; pair < kScoreKeys / 16; ++pair) {
+          uint32_t bk[4];
+          load_matrix_x4(bk, k_stage + ((sub * kScoreKeys + pair * 16) * kStride + ks * 16) * sizeof(T));
+#pragma unroll
+          for (int m = 0; m < 2; ++m) {
+            mma_16x8x16<T>(scores[m][2 * pair], a[m], bk[0], bk[1]);
+            mma_16x8x16<T>(scores[m][2 * pair + 1], a[m], bk[2], bk[3]);
+          }
+        }
+      }
+
+      // Scale and mask, in log2 units. Most steps need only the scale: every key inside
+      // Lk and visible to the warp's first row.
+      const bool unmasked =
+          key0 + kScoreKeys <= length_k && (!s.causal || key0 + kScoreKeys - 1 <= warp_row0 + causal_offset);
+      if (unmasked) {
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+          for (int nt = 0; nt < kScoreKeys / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) scores[m][nt][e] *= scale_log2;
+      } else {
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+          for (int nt = 0; nt < kScoreKeys / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int i = warp_row0 + 16 * m + g + (e / 2) * 8, j = key0 + nt * 8 + 2 * t + e % 2;
+              const bool visible = j < length_k && (!s.causal || j <= i + causal_offset);
+              scores[m][nt][e] = visible ? scores[m][nt][e] * scale_log2 : -INFINITY;
+            }
+      }
+
+      // Online softmax: rescale what was accumulated to the new maximum, then P = exp2(S - max)
+      // rounded to the input dtype as the A fragments of P V (n-tiles 2ks, 2ks+1 form k-step ks).
+      uint32_t p[2][kScoreKeys / 16][4];
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float step_max = -INFINITY;
+#pragma unroll
+          for (int nt = 0; nt < kScoreKeys / 8; ++nt)
+            step_max = fmaxf(step_max, fmaxf(scores[m][nt][2 * r], scores[m][nt][2 * r + 1]));
+          step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 1));
+          step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 2));
+          const float new_max = fmaxf(row_max[m][r], step_max);
+          // Nothing finite yet: exp2f(-inf - 0) = 0 keeps every p and the (zero) sums at zero.
+          const float reference = new_max == -INFINITY ? 0.f : new_max;
+          const float correction = exp2f(row_max[m][r] - reference);
+          row_max[m][r] = new_max;
+          row_sum[m][r] *= correction;
+#pragma unroll
+          for (int nt = 0; nt < kD / 8; ++nt) {
+            o[m][nt][2 * r] *= correction;
+            o[m][nt][2 * r + 1] *= correction;
+          }
+#pragma unroll
+          for (int nt = 0; nt < kScoreKeys / 8; ++nt) {
+            const float p0 = exp2f(scores[m][nt][2 * r] - reference);
+            const float p1 = exp2f(scores[m][nt][2 * r + 1] - reference);
+            row_sum[m][r] += p0 + p1;
+            p[m][nt / 2][(nt % 2) * 2 + r] = pack_pair<T>(p0, p1);
+          }
+        }
+      }
+
+      // O += P V: each V fragment feeds both m-tiles.
+#pragma unroll
+      for (int ks = 0; ks < kScoreKeys / 16; ++ks) {
+#pragma unroll
+        for (int pair = 0; pair < kD / 16; ++pair) {
+          uint32_t bv[4];
+          load_matrix_x4_transposed(bv, v_stage + ((sub * kScoreKeys + ks * 16) * kStride + pair * 16) * sizeof(T));
+#pragma unroll
+          for (int m = 0; m < 2; ++m) {
+            mma_16x8x16<T>(o[m][2 * pair], p[m][ks], bv[0], bv[1]);
+            mma_16x8x16<T>(o[m][2 * pair + 1], p[m][ks], bv[2], bv[3]);
+          }
+        }
+      }
+    }
+  }
+  copy_async_wait_all();  // the loads of the prologue were never waited for when no key tile is visited
+
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float total = row_sum[m][r];
+      total += __shfl_xor_sync(0xffffffffu, total, 1);
+      total += __shfl_xor_sync(0xffffffffu, total, 2);
+      const int i = warp_row0 + 16 * m + g + 8 * r;
+      if (i >= length_q) continue;
+      const float inverse = total > 0.f ? 1.f / total : 0.f;
+      T* out_row = out + (bh * s.length_q + i) * kD;
+#pragma unroll
+      for (int nt = 0; nt < kD / 8; ++nt)
+        *reinterpret_cast<uint32_t*>(out_row + nt * 8 + 2 * t) =
+            pack_pair<T>(o[m][nt][2 * r] * inverse, o[m][nt][2 * r + 1] * inverse);
+      if (t == 0) lse[bh * s.length_q + i] = total > 0.f ? (row_max[m][r] + log2f(total)) * kLn2 : -INFINITY;
+    }
 }
 
 template <class T, int kD>
@@ -952,8 +1210,25 @@ void check_grid(int64_t tiles, const char* message) {
 template <class T, int kD>
 void launch_forward_fast(const AttentionSizes& s, const AttentionBlocks& blocks, const AttentionInputs<void, float>& in,
                          void* out, float* lse) {
-  const int64_t tiles = (s.length_q + kFastTile - 1) / kFastTile;
-  check_grid(tiles, "attention: Lq is longer than 65535 tiles of 64 queries");
+  // A bias or a key mask reads per-entry data inside the softmax, which the 128-row
+  // kernel has no registers left for; a block list of 64-row blocks gives every 64
+  // rows their own key tiles. Both take the 64-row kernel.
+  if (in.bias.data || in.key_mask.active() || (blocks.sparse() && blocks.block_size < kFastForwardRows)) {
+    const int64_t tiles = (s.length_q + kFastTile - 1) / kFastTile;
+    check_grid(tiles, "attention: Lq is longer than 65535 tiles of 64 queries");
+    auto kernel = attention_forward_fast_rows64_kernel<T, kD>;
+    constexpr size_t bytes = fast_forward_rows64_shared_bytes<kD>();
+    allow_shared_bytes(kernel, bytes);
+    dim3 grid(static_cast<unsigned>(s.batch * s.heads), static_cast<unsigned>(tiles));
+    kernel<<<grid, kFastRows64Threads, bytes, cuda::stream()>>>(s, blocks, in, static_cast<T*>(out), lse);
+    STRATA_CUDA_CHECK_LAUNCH("attention_forward_fast_rows64_kernel");
+    return;
+  }
+  const int64_t tiles = (s.length_q + kFastForwardRows - 1) / kFastForwardRows;
+  check_grid(tiles, "attention: Lq is longer than 65535 tiles of 128 queries");
+  // The kernel indexes keys with int (and rows, which the grid bounds).
+  if (s.length_k > INT32_MAX - kFastTile)
+    ::strata::detail::throw_message(__FILE__, __LINE__, "attention: Lk is 2^31 - 64 keys or longer");
   auto kernel = attention_forward_fast_kernel<T, kD>;
   constexpr size_t bytes = fast_forward_shared_bytes<kD>();
   allow_shared_bytes(kernel, bytes);
