@@ -4,7 +4,7 @@
 // q, k, v and the key bias; windows from 1 key to more than the sequence, GQA and
 // MQA, Lq < Lk (a cache), lengths that end inside a tile, batch 1, a 1024-token
 // sequence whose small window lets whole tiles be skipped, and biases full of ties.
-// The multiplied-out errors are printed for each case (MESSAGE; run with -s).
+// The measured errors are printed for each case and result (MESSAGE).
 //
 // The key bias takes values k / 64 for small integers k (|k| <= 256), exact in
 // bfloat16 and float16, so every dtype selects the same keys as the
