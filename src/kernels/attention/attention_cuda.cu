@@ -24,13 +24,16 @@
 //    P V is).
 //  - backward, one block of 8 warps per (batch, kv head, 64 keys): K and V stay in
 //    shared memory; for every head of the group and every query tile that sees
-//    these keys, Q, dO, lse and delta are loaded, S and dP = dO V^T are recomputed
-//    (each warp 16 rows x 32 keys), P and dS are staged in shared memory (input
-//    dtype), and each warp adds its 16 keys x head_dim/2 slice of dV += P^T dO and
-//    dK += dS^T Q in registers. dQ += dS K goes to a float32 buffer by atomicAdd
-//    (its rows are shared by all key tiles), converted to the input dtype at the
-//    end; so dQ's summation order, and its last bits, vary from run to run. dK and
-//    dV are written once per key tile, without atomics.
+//    these keys, Q, dO, lse and delta are loaded (two stages: the next tile's loads
+//    are issued after the first of the tile's two barriers and land while this one
+//    is computed), S and dP = dO V^T are recomputed (each warp 16 rows x 32 keys),
+//    P and dS are staged in shared memory (input dtype), and each warp adds its 16
+//    keys x head_dim/2 slice of dV += P^T dO and dK += dS^T Q in registers. dQ += dS K
+//    goes to a float32 buffer by atomicAdd (its rows are shared by all key tiles),
+//    converted to the input dtype at the end; so dQ's summation order, and its last
+//    bits, vary from run to run. dK and dV are written once per key tile, without
+//    atomics. Tiles without bias, key mask or edge take an elementwise path without
+//    per-entry indices.
 //
 // Generic path: float32 inputs, and other head dims up to 256, on CUDA cores:
 //  - forward, 256 threads per (batch, head, 32 query rows), 8 lanes per row: Q and
@@ -354,9 +357,9 @@ constexpr size_t fast_forward_rows64_shared_bytes() {
 }
 template <int kD>
 constexpr size_t fast_backward_shared_bytes() {
-  return size_t{4} * kFastTile * (kD + kPad) * 2           // K, V, Q, dO
+  return size_t{6} * kFastTile * (kD + kPad) * 2           // K, V, 2 stages of Q and dO
          + size_t{2} * kFastTile * (kFastTile + kPad) * 2  // P, dS
-         + size_t{2} * kFastTile * 4;                      // lse, delta
+         + size_t{4} * kFastTile * 4;                      // 2 stages of lse and delta
 }
 
 template <class T, int kD>
@@ -726,14 +729,15 @@ __global__ void __launch_bounds__(kFastBackwardThreads)
   constexpr int kStride = kD + kPad, kScoreStride = kFastTile + kPad;
   constexpr int kHalf = kD / 2;  // the head_dim columns of dK, dV and dQ one warp owns
   extern __shared__ __align__(16) unsigned char shared_bytes[];
+  constexpr int kTileElements = kFastTile * kStride;
   T* k_tile = reinterpret_cast<T*>(shared_bytes);
-  T* v_tile = k_tile + kFastTile * kStride;
-  T* q_tile = v_tile + kFastTile * kStride;
-  T* do_tile = q_tile + kFastTile * kStride;
-  T* p_tile = do_tile + kFastTile * kStride;
+  T* v_tile = k_tile + kTileElements;
+  T* q_stages = v_tile + kTileElements;          // 2 stages of Q
+  T* do_stages = q_stages + 2 * kTileElements;   // 2 stages of dO
+  T* p_tile = do_stages + 2 * kTileElements;
   T* ds_tile = p_tile + kFastTile * kScoreStride;
-  float* lse_tile = reinterpret_cast<float*>(ds_tile + kFastTile * kScoreStride);  // log2 units, +inf: no key
-  float* delta_tile = lse_tile + kFastTile;
+  float* lse_stages = reinterpret_cast<float*>(ds_tile + kFastTile * kScoreStride);  // log2 units, +inf: no key
+  float* delta_stages = lse_stages + 2 * kFastTile;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int slice = warp % 4, half = warp / 4;  // 16 rows (or keys) and one half of head_dim
@@ -756,61 +760,114 @@ __global__ void __launch_bounds__(kFastBackwardThreads)
   // half * 32 + nt * 8 + 2t + c (c = 0, 1).
   float key_bias_grad[4][2] = {{0.f, 0.f}, {0.f, 0.f}, {0.f, 0.f}, {0.f, 0.f}};
 
-  for (int64_t h = kv_head * s.group(); h < (kv_head + 1) * s.group(); ++h) {
-    const int64_t bh = b * s.heads + h;
-    const T* q = static_cast<const T*>(in.q) + bh * s.length_q * kD;
-    const T* dout = grad_out + bh * s.length_q * kD;
-    const QueryTileWalk<kFastTile> walk(s, blocks, h, key0, in.key_mask, b);
-    for (int64_t n = 0; n < walk.count; ++n) {
-      const int64_t query_tile = walk.tile(n);
-      if (query_tile < 0) continue;
-      const int64_t row0 = query_tile * kFastTile;
-      __syncthreads();  // every warp is done with the previous tile's Q, dO, P and dS
-      load_tile_async<T, kD, kFastTile>(q_tile, q, row0, s.length_q);
-      load_tile_async<T, kD, kFastTile>(do_tile, dout, row0, s.length_q);
-      copy_async_commit();
-      if (threadIdx.x < kFastTile) {
-        const int64_t i = row0 + threadIdx.x;
-        const float row_lse = i < s.length_q ? lse[bh * s.length_q + i] : -INFINITY;
-        lse_tile[threadIdx.x] = row_lse == -INFINITY ? INFINITY : row_lse * kLog2e;
-        delta_tile[threadIdx.x] = i < s.length_q ? delta[bh * s.length_q + i] : 0.f;
+  // The (head, query tile) items of this key tile, head by head: (h, n) is the next
+  // item of walk to visit; h == end_head when none is left.
+  const int64_t end_head = (kv_head + 1) * s.group();
+  int64_t h = kv_head * s.group(), n = 0;
+  QueryTileWalk<kFastTile> walk(s, blocks, h, key0, in.key_mask, b);
+  const auto settle = [&] {  // moves (h, n) to the first visited item at or after it
+    while (h < end_head) {
+      while (n < walk.count && walk.tile(n) < 0) ++n;
+      if (n < walk.count) return;
+      if (++h < end_head) {
+        walk = QueryTileWalk<kFastTile>(s, blocks, h, key0, in.key_mask, b);
+        n = 0;
       }
-      copy_async_wait_all();
-      __syncthreads();
+    }
+  };
+  // Q and dO rows [row0, row0 + 64) of head `head` into stage `into` by cp.async;
+  // the threads < 64 read the rows' lse (log2 units, +inf for a row that sees no key
+  // or lies past Lq) and delta into registers, stored by store_rows once they arrive.
+  float next_lse = 0.f, next_delta = 0.f;
+  const auto load_item = [&](int64_t head, int64_t row0, int into) {
+    const int64_t bh = b * s.heads + head;
+    load_tile_async<T, kD, kFastTile>(q_stages + into * kTileElements,
+                                      static_cast<const T*>(in.q) + bh * s.length_q * kD, row0, s.length_q);
+    load_tile_async<T, kD, kFastTile>(do_stages + into * kTileElements, grad_out + bh * s.length_q * kD, row0,
+                                      s.length_q);
+    if (threadIdx.x < kFastTile) {
+      const int64_t i = row0 + threadIdx.x;
+      const float row_lse = i < s.length_q ? lse[bh * s.length_q + i] : -INFINITY;
+      next_lse = row_lse == -INFINITY ? INFINITY : row_lse * kLog2e;
+      next_delta = i < s.length_q ? delta[bh * s.length_q + i] : 0.f;
+    }
+  };
+  const auto store_rows = [&](int into) {
+    if (threadIdx.x < kFastTile) {
+      lse_stages[into * kFastTile + threadIdx.x] = next_lse;
+      delta_stages[into * kFastTile + threadIdx.x] = next_delta;
+    }
+  };
 
-      // S = Q K^T and dP = dO V^T for rows 16 slice .. +15 and keys 32 half .. +31.
-      float scores[4][4], dp[4][4];
+  settle();
+  if (h < end_head) {
+    load_item(h, walk.tile(n) * kFastTile, 0);
+    store_rows(0);
+  }
+  copy_async_commit();
+  int stage = 0;
+  while (h < end_head) {
+    // This item; then (h, n) moves on to the next, which is loaded while this one is computed.
+    const int64_t item_head = h, bh = b * s.heads + item_head, row0 = walk.tile(n) * kFastTile;
+    ++n;
+    settle();
+    const bool has_next = h < end_head;
+    copy_async_wait_all();
+    __syncthreads();  // this item is in `stage`; every warp is done with the other stage, P and dS
+    if (has_next) load_item(h, walk.tile(n) * kFastTile, stage ^ 1);
+    copy_async_commit();
+    const T* q_tile = q_stages + stage * kTileElements;
+    const T* do_tile = do_stages + stage * kTileElements;
+    const float* lse_tile = lse_stages + stage * kFastTile;
+    const float* delta_tile = delta_stages + stage * kFastTile;
+
+    // S = Q K^T and dP = dO V^T for rows 16 slice .. +15 and keys 32 half .. +31.
+    float scores[4][4], dp[4][4];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) scores[nt][e] = dp[nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) {
+      uint32_t aq[4], ado[4];
+      load_a(aq, q_tile, kStride, slice * 16, ks * 16);
+      load_a(ado, do_tile, kStride, slice * 16, ks * 16);
+#pragma unroll
+      for (int pair = 0; pair < 2; ++pair) {
+        uint32_t bk[4], bv[4];
+        load_b_n_major(bk, k_tile, kStride, half * 32 + pair * 16, ks * 16);
+        load_b_n_major(bv, v_tile, kStride, half * 32 + pair * 16, ks * 16);
+        mma_16x8x16<T>(scores[2 * pair], aq, bk[0], bk[1]);
+        mma_16x8x16<T>(scores[2 * pair + 1], aq, bk[2], bk[3]);
+        mma_16x8x16<T>(dp[2 * pair], ado, bv[0], bv[1]);
+        mma_16x8x16<T>(dp[2 * pair + 1], ado, bv[2], bv[3]);
+      }
+    }
+
+    // P = exp(S - lse) and dS = P (dP - delta), staged in shared memory. Most tiles
+    // need no per-entry index: no bias, no key mask, every row and key inside and visible.
+    const bool plain = !in.bias.data && !in.key_mask.active() && !grads_key_bias && row0 + kFastTile <= s.length_q &&
+                       key0 + kFastTile <= s.length_k &&
+                       (!s.causal || key0 + kFastTile - 1 <= row0 + s.causal_offset());
+    if (plain) {
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) scores[nt][e] = dp[nt][e] = 0.f;
-#pragma unroll
-      for (int ks = 0; ks < kD / 16; ++ks) {
-        uint32_t aq[4], ado[4];
-        load_a(aq, q_tile, kStride, slice * 16, ks * 16);
-        load_a(ado, do_tile, kStride, slice * 16, ks * 16);
-#pragma unroll
-        for (int pair = 0; pair < 2; ++pair) {
-          uint32_t bk[4], bv[4];
-          load_b_n_major(bk, k_tile, kStride, half * 32 + pair * 16, ks * 16);
-          load_b_n_major(bv, v_tile, kStride, half * 32 + pair * 16, ks * 16);
-          mma_16x8x16<T>(scores[2 * pair], aq, bk[0], bk[1]);
-          mma_16x8x16<T>(scores[2 * pair + 1], aq, bk[2], bk[3]);
-          mma_16x8x16<T>(dp[2 * pair], ado, bv[0], bv[1]);
-          mma_16x8x16<T>(dp[2 * pair + 1], ado, bv[2], bv[3]);
+        for (int e = 0; e < 4; ++e) {
+          const int r = slice * 16 + g + (e / 2) * 8;
+          scores[nt][e] = exp2f(scores[nt][e] * scale_log2 - lse_tile[r]);
+          dp[nt][e] = scores[nt][e] * (dp[nt][e] - delta_tile[r]);
         }
-      }
-
-      // P = exp(S - lse) and dS = P (dP - delta), staged in shared memory.
+    } else {
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = slice * 16 + g + (e / 2) * 8, c = half * 32 + nt * 8 + 2 * t + e % 2;
           const int64_t i = row0 + r, j = key0 + c;
           const bool inside = i < s.length_q && j < s.length_k;
           float x = scores[nt][e] * scale_log2;
-          if (in.bias.data && inside) x += in.bias.at(b, h, i, j) * kLog2e;
+          if (in.bias.data && inside) x += in.bias.at(b, item_head, i, j) * kLog2e;
           if (inside) x = key_masked(s, in.key_mask, b, kv_head, i, j, x, kLog2e);
           const float p = j < s.length_k && causally_visible(s, i, j) ? exp2f(x - lse_tile[r]) : 0.f;
           const float ds = p * (dp[nt][e] - delta_tile[r]);
@@ -819,64 +876,68 @@ __global__ void __launch_bounds__(kFastBackwardThreads)
           scores[nt][e] = p;
           dp[nt][e] = ds;
         }
-        const int c = half * 32 + nt * 8 + 2 * t;
+    }
 #pragma unroll
-        for (int r2 = 0; r2 < 2; ++r2) {
-          const int r = slice * 16 + g + r2 * 8;
-          *reinterpret_cast<uint32_t*>(p_tile + r * kScoreStride + c) =
-              pack_pair<T>(scores[nt][2 * r2], scores[nt][2 * r2 + 1]);
-          *reinterpret_cast<uint32_t*>(ds_tile + r * kScoreStride + c) =
-              pack_pair<T>(dp[nt][2 * r2], dp[nt][2 * r2 + 1]);
-        }
-      }
-      __syncthreads();
-
-      // dV += P^T dO and dK += dS^T Q for keys 16 slice .. +15, columns kHalf half .. +kHalf-1.
+    for (int nt = 0; nt < 4; ++nt) {
+      const int c = half * 32 + nt * 8 + 2 * t;
 #pragma unroll
-      for (int ks = 0; ks < kFastTile / 16; ++ks) {
-        uint32_t ap[4], ads[4];
-        load_a_transposed(ap, p_tile, kScoreStride, ks * 16, slice * 16);
-        load_a_transposed(ads, ds_tile, kScoreStride, ks * 16, slice * 16);
-#pragma unroll
-        for (int pair = 0; pair < kHalf / 16; ++pair) {
-          uint32_t bo[4], bq[4];
-          load_b_k_major(bo, do_tile, kStride, ks * 16, half * kHalf + pair * 16);
-          load_b_k_major(bq, q_tile, kStride, ks * 16, half * kHalf + pair * 16);
-          mma_16x8x16<T>(dv_acc[2 * pair], ap, bo[0], bo[1]);
-          mma_16x8x16<T>(dv_acc[2 * pair + 1], ap, bo[2], bo[3]);
-          mma_16x8x16<T>(dk_acc[2 * pair], ads, bq[0], bq[1]);
-          mma_16x8x16<T>(dk_acc[2 * pair + 1], ads, bq[2], bq[3]);
-        }
-      }
-
-      // dQ += dS K for rows 16 slice .. +15, columns kHalf half .. +kHalf-1, 16 at a time.
-      uint32_t a_ds[kFastTile / 16][4];
-#pragma unroll
-      for (int ks = 0; ks < kFastTile / 16; ++ks) load_a(a_ds[ks], ds_tile, kScoreStride, slice * 16, ks * 16);
-#pragma unroll
-      for (int pair = 0; pair < kHalf / 16; ++pair) {
-        float dq[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-#pragma unroll
-        for (int ks = 0; ks < kFastTile / 16; ++ks) {
-          uint32_t bk[4];
-          load_b_k_major(bk, k_tile, kStride, ks * 16, half * kHalf + pair * 16);
-          mma_16x8x16<T>(dq[0], a_ds[ks], bk[0], bk[1]);
-          mma_16x8x16<T>(dq[1], a_ds[ks], bk[2], bk[3]);
-        }
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const int64_t i = row0 + slice * 16 + g + ((e % 4) / 2) * 8;
-          const int d = half * kHalf + pair * 16 + (e / 4) * 8 + 2 * t + e % 2;
-          if (i < s.length_q) atomicAdd(dq_accumulator + (bh * s.length_q + i) * kD + d, dq[e / 4][e % 4]);
-        }
+      for (int r2 = 0; r2 < 2; ++r2) {
+        const int r = slice * 16 + g + r2 * 8;
+        *reinterpret_cast<uint32_t*>(p_tile + r * kScoreStride + c) =
+            pack_pair<T>(scores[nt][2 * r2], scores[nt][2 * r2 + 1]);
+        *reinterpret_cast<uint32_t*>(ds_tile + r * kScoreStride + c) =
+            pack_pair<T>(dp[nt][2 * r2], dp[nt][2 * r2 + 1]);
       }
     }
+    __syncthreads();
+
+    // dV += P^T dO and dK += dS^T Q for keys 16 slice .. +15, columns kHalf half .. +kHalf-1.
+#pragma unroll
+    for (int ks = 0; ks < kFastTile / 16; ++ks) {
+      uint32_t ap[4], ads[4];
+      load_a_transposed(ap, p_tile, kScoreStride, ks * 16, slice * 16);
+      load_a_transposed(ads, ds_tile, kScoreStride, ks * 16, slice * 16);
+#pragma unroll
+      for (int pair = 0; pair < kHalf / 16; ++pair) {
+        uint32_t bo[4], bq[4];
+        load_b_k_major(bo, do_tile, kStride, ks * 16, half * kHalf + pair * 16);
+        load_b_k_major(bq, q_tile, kStride, ks * 16, half * kHalf + pair * 16);
+        mma_16x8x16<T>(dv_acc[2 * pair], ap, bo[0], bo[1]);
+        mma_16x8x16<T>(dv_acc[2 * pair + 1], ap, bo[2], bo[3]);
+        mma_16x8x16<T>(dk_acc[2 * pair], ads, bq[0], bq[1]);
+        mma_16x8x16<T>(dk_acc[2 * pair + 1], ads, bq[2], bq[3]);
+      }
+    }
+
+    // dQ += dS K for rows 16 slice .. +15, columns kHalf half .. +kHalf-1, 16 at a time.
+    uint32_t a_ds[kFastTile / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < kFastTile / 16; ++ks) load_a(a_ds[ks], ds_tile, kScoreStride, slice * 16, ks * 16);
+#pragma unroll
+    for (int pair = 0; pair < kHalf / 16; ++pair) {
+      float dq[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+      for (int ks = 0; ks < kFastTile / 16; ++ks) {
+        uint32_t bk[4];
+        load_b_k_major(bk, k_tile, kStride, ks * 16, half * kHalf + pair * 16);
+        mma_16x8x16<T>(dq[0], a_ds[ks], bk[0], bk[1]);
+        mma_16x8x16<T>(dq[1], a_ds[ks], bk[2], bk[3]);
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int64_t i = row0 + slice * 16 + g + ((e % 4) / 2) * 8;
+        const int d = half * kHalf + pair * 16 + (e / 4) * 8 + 2 * t + e % 2;
+        if (i < s.length_q) atomicAdd(dq_accumulator + (bh * s.length_q + i) * kD + d, dq[e / 4][e % 4]);
+      }
+    }
+    if (has_next) store_rows(stage ^ 1);  // the next item's lse and delta have arrived by now
+    stage ^= 1;
   }
 
   if (grads_key_bias) {
     // Sum over the 8 row groups g of the warp (lanes with the same t), then over the
-    // 4 warps of each half in shared memory (lse_tile is free now).
-    float* key_sums = lse_tile;
+    // 4 warps of each half in shared memory (lse_stages is free now).
+    float* key_sums = lse_stages;
     __syncthreads();
     if (threadIdx.x < kFastTile) key_sums[threadIdx.x] = 0.f;
     __syncthreads();
