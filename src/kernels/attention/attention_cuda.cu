@@ -923,11 +923,17 @@ __global__ void __launch_bounds__(kFastBackwardThreads)
         mma_16x8x16<T>(dq[0], a_ds[ks], bk[0], bk[1]);
         mma_16x8x16<T>(dq[1], a_ds[ks], bk[2], bk[3]);
       }
+      // Columns d and d + 1 in one 8-byte atomic (sm_90), half as many as one per float.
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const int64_t i = row0 + slice * 16 + g + ((e % 4) / 2) * 8;
-        const int d = half * kHalf + pair * 16 + (e / 4) * 8 + 2 * t + e % 2;
-        if (i < s.length_q) atomicAdd(dq_accumulator + (bh * s.length_q + i) * kD + d, dq[e / 4][e % 4]);
+      for (int r2 = 0; r2 < 2; ++r2) {
+        const int64_t i = row0 + slice * 16 + g + r2 * 8;
+        if (i >= s.length_q) continue;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const int d = half * kHalf + pair * 16 + nt * 8 + 2 * t;
+          atomicAdd(reinterpret_cast<float2*>(dq_accumulator + (bh * s.length_q + i) * kD + d),
+                    make_float2(dq[nt][2 * r2], dq[nt][2 * r2 + 1]));
+        }
       }
     }
     if (has_next) store_rows(stage ^ 1);  // the next item's lse and delta have arrived by now
