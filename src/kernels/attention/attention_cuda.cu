@@ -1299,6 +1299,9 @@ void launch_forward_fast(const AttentionSizes& s, const AttentionBlocks& blocks,
   auto kernel = attention_forward_fast_kernel<T, kD>;
   constexpr size_t bytes = fast_forward_shared_bytes<kD>();
   allow_shared_bytes(kernel, bytes);
+  // Two blocks per SM need 2 x 103 KiB at head_dim 128: ask for the largest carveout.
+  STRATA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                         static_cast<int>(cudaSharedmemCarveoutMaxShared)));
   dim3 grid(static_cast<unsigned>(s.batch * s.heads), static_cast<unsigned>(tiles));
   kernel<<<grid, kFastForwardThreads, bytes, cuda::stream()>>>(s, blocks, in, static_cast<T*>(out), lse);
   STRATA_CUDA_CHECK_LAUNCH("attention_forward_fast_kernel");
