@@ -182,8 +182,8 @@ Tensor neighborhood_2d_mask(int64_t height, int64_t width, int64_t window_h, int
 // Under causal attention the pooled query of a block also averages the block's later
 // queries, so the choice of blocks for a query depends on later positions of its own
 // block (as block-level selection does in MoBA-style kernels). No gradient flows
-// through the choice, so training cannot learn to use it; the attention itself stays
-// causal.
+// through the choice, so training gets no signal to exploit that; the attention
+// itself stays causal.
 struct TopKBlockOptions {
   int64_t block_size = 64;  // 64 or 128
   int64_t top_k = 4;        // blocks per query block, >= 1 + keep_first

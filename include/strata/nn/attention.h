@@ -107,7 +107,7 @@ class AttentionBlock : public Module {
   const AttentionBlockOptions& options() const { return options_; }
   int64_t head_dim() const { return head_dim_; }
   // The layout the block uses for Lq queries against Lk keys on `device` (one head or
-  // n_heads); undefined for the dense patterns.
+  // n_heads); undefined for the dense patterns and for topk (chosen per input).
   const kernels::BlockLayout& layout(int64_t query_length, int64_t key_length, Device device);
 
   // SSA: Pattern attends by the pattern; Full by dense causal attention; AlignSparse
