@@ -3,7 +3,7 @@
 // shared and per head, causal and not, keep_first, blocks of 64 and 128, lengths
 // that end inside a block, Lq != Lk), then block_sparse_attention with a per-sequence
 // top-k layout and with the 2-D neighborhood layout and mask against the float64 CPU
-// reference.
+// reference, and AttentionBlock's topk pattern with the SSA alignment loss.
 //
 // The selection compares scores, so it is exact only away from ties: the CPU builder
 // pools and scores in float64, CUDA in float32, and a pair of blocks whose scores
@@ -12,6 +12,7 @@
 // than one per test, so the arrays must be equal. For bfloat16 and float16 the CPU
 // reference reads the same rounded values (the inputs are rounded first).
 #include "strata/kernels/block_layout.h"
+#include "strata/nn/attention.h"
 #include "strata/ops/attention.h"
 #include "support/check.h"
 
@@ -116,4 +117,36 @@ TEST_CASE("2-D neighborhood attention (layout + mask) on CUDA matches the CPU") 
   };
   testing::check_cuda_matches_cpu(f, inputs, DType::Float32, 1e-4);
   testing::check_cuda_matches_cpu(f, inputs, DType::BFloat16, 5e-2);
+}
+
+TEST_CASE("AttentionBlock topk with the SSA alignment loss on CUDA matches the CPU") {
+  testing::require_cuda();
+  // Two blocks with the same weights (same seed), one per device; each chooses its
+  // top-k blocks from its own q and k (near-ties as in the first test: the rows must
+  // agree). The result is the sparse output plus the alignment loss, so the gradient
+  // of x runs through both the sparse and the dense branch. Tolerances: float32 1e-4
+  // as above; bfloat16 inputs are not used here (the block computes in its
+  // parameters' dtype, float32 on CUDA).
+  nn::AttentionBlockOptions o;
+  o.d_model = 64;
+  o.n_heads = 4;
+  o.n_kv_heads = 2;
+  o.pattern = nn::AttentionPattern::TopK;
+  o.top_k = 2;
+  auto make = [&](Device device, DType dtype) {
+    Generator generator{5, 0};
+    auto block = std::make_shared<nn::AttentionBlock>(o, generator);
+    block->to(dtype);
+    block->to(device);
+    block->set_ssa_mode(nn::AttentionBlock::SsaMode::AlignSparse);
+    return block;
+  };
+  auto on_cpu = make(Device::cpu(), DType::Float64), on_cuda = make(Device::cuda(), DType::Float32);
+  auto f = [on_cpu, on_cuda](const std::vector<Tensor>& in) {
+    auto& block = in[0].device().is_cuda() ? on_cuda : on_cpu;
+    Tensor out = block->forward(in[0]);
+    return ops::add(out, block->alignment_loss());
+  };
+  testing::check_cuda_matches_cpu(f, {testing::random({2, 300, 64}, 41).set_requires_grad(true)}, DType::Float32,
+                                  1e-4);
 }
