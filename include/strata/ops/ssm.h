@@ -31,8 +31,8 @@ namespace strata::ops {
 // states contiguous, position t at [b, d, t, :] in either direction (with
 // `reverse`, h_t has seen positions t .. length-1). It is differentiable: its
 // gradient joins the adjoint of h_t in the backward scan and so reaches u, delta,
-// A, B, C, delta_bias and initial_state. It costs N floats per element of u, the
-// memory the backward pass otherwise avoids.
+// A, B, delta_bias and initial_state (everything that makes the states). It costs
+// N floats per element of u, the memory the backward pass otherwise avoids.
 struct SelectiveScanOptions {
   Tensor D;              // (d_inner): skip connection, y += D u
   Tensor z;              // (batch, d_inner, length): gate, y *= silu(z)
