@@ -49,7 +49,8 @@ std::vector<char> natten_visibility(int64_t height, int64_t width, int64_t kh, i
     for (int64_t c = 0; c < width; ++c) {
       const int64_t row0 = natten_window_start(r, height, kh, dh), col0 = natten_window_start(c, width, kw, dw);
       for (int64_t m = 0; m < kh; ++m)
-        for (int64_t n = 0; n < kw; ++n) visible[(r * width + c) * tokens + (row0 + m * dh) * width + col0 + n * dw] = 1;
+        for (int64_t n = 0; n < kw; ++n)
+          visible[(r * width + c) * tokens + (row0 + m * dh) * width + col0 + n * dw] = 1;
     }
   return visible;
 }
@@ -160,7 +161,8 @@ std::vector<int32_t> brute_force_row(const Tensor& q, const Tensor& k, int64_t b
   const std::vector<double> qv = q.to_vector<double>(), kv = k.to_vector<double>();
   const int64_t kv_head = h / group;
   std::vector<double> pooled_q(dim, 0.0);
-  const int64_t first_head = o.share_by_group ? kv_head * group : h, last_head = o.share_by_group ? first_head + group : h + 1;
+  const int64_t first_head = o.share_by_group ? kv_head * group : h;
+  const int64_t last_head = o.share_by_group ? first_head + group : h + 1;
   double count = 0;
   for (int64_t hh = first_head; hh < last_head; ++hh)
     for (int64_t i = qb * bs; i < std::min(length_q, (qb + 1) * bs); ++i, ++count)
@@ -217,7 +219,8 @@ void check_against_brute_force(const Tensor& q, const Tensor& k, const kernels::
 }  // namespace
 
 TEST_CASE("topk_block_layout selects the diagonal and the best-scoring visible blocks") {
-  const Tensor q = testing::random({2, 4, 600, 8}, 11), k = testing::random({2, 2, 600, 8}, 12);  // 10 blocks, last short
+  // 600 positions: 10 blocks, the last of 24.
+  const Tensor q = testing::random({2, 4, 600, 8}, 11), k = testing::random({2, 2, 600, 8}, 12);
   kernels::TopKBlockOptions o;
   o.top_k = 3;
   check_against_brute_force(q, k, o);

@@ -34,8 +34,10 @@ void topk_blocks_cpu(const TopKBlockSizes& s, const T* q, const T* k, const int3
     const int64_t first = i * s.block_size, last = std::min(s.length_q, first + s.block_size);
     std::vector<double> pooled_q(static_cast<size_t>(D), 0.0);
     for (int64_t h = sh * heads_per_selecting; h < (sh + 1) * heads_per_selecting; ++h)
-      for (int64_t t = first; t < last; ++t)
-        for (int64_t d = 0; d < D; ++d) pooled_q[d] += static_cast<double>(q[((b * s.heads + h) * s.length_q + t) * D + d]);
+      for (int64_t t = first; t < last; ++t) {
+        const T* row = q + ((b * s.heads + h) * s.length_q + t) * D;
+        for (int64_t d = 0; d < D; ++d) pooled_q[d] += static_cast<double>(row[d]);
+      }
     const double count = static_cast<double>((last - first) * heads_per_selecting);
 
     // Scores of the visible key blocks (NaN ranks as -inf), forced blocks first.
