@@ -18,7 +18,11 @@
 //    products (FlashAttention-2 does the same); expected near 3e-3;
 //  - bfloat16 5e-2: the same with 8 bits.
 // The absolute floors cover gradients that cancel to zero (a query that keeps one
-// key has a constant softmax: dq = 0 and d bias = 0 in exact arithmetic).
+// key has a constant softmax: dq = 0 and d bias = 0 in exact arithmetic). In
+// float32 the floor is 3e-5: the cancelling terms are O(1) and are summed by
+// atomics whose order varies; under compute-sanitizer, which serialises the blocks
+// differently, dK and d bias were measured 3e-6 and 1.1e-5 away from zero (1e-6
+// failed there, plain runs stayed below it).
 #include <algorithm>
 #include <numeric>
 #include <random>
@@ -73,7 +77,7 @@ void check_case(const GpuCase& c, uint64_t seed) {
     Tensor out = ops::dynamic_mask_attention(in[0], in[1], in[2], in[3], c.window);
     return ops::cast(out, out.dtype() == DType::Float64 ? DType::Float64 : DType::Float32);
   };
-  testing::check_cuda_matches_cpu(f, inputs, DType::Float32, 1e-4, 1e-6);
+  testing::check_cuda_matches_cpu(f, inputs, DType::Float32, 1e-4, 3e-5);
   testing::check_cuda_matches_cpu(f, inputs, DType::Float16, 1e-2, 1e-4);
   testing::check_cuda_matches_cpu(f, inputs, DType::BFloat16, 5e-2, 1e-3);
 }
