@@ -20,8 +20,10 @@
 //    threads (part of a warp, packed_row_geometry) so that each keeps 8 packs.
 //    bfloat16 with 4 packs per thread (as float32's row bytes per thread would
 //    give) reached ~66% of copy bandwidth on the H200 even with a persistent
-//    grid prefetching into the L2; 8 packs reach 82% (layer_norm) and 88%
-//    (rms_norm); 16 packs (a warp per row, 128 registers) 75% and 80%.
+//    grid prefetching into the L2. In a standalone benchmark of this kernel
+//    (H200), 8 packs with all loads first reached 82% (layer_norm) and 88%
+//    (rms_norm) at (16384, 4096) and (8192, 8192), 63% and 67% at (16384,
+//    1024); 16 packs (a warp per row, 128 registers) 75% and 80%.
 //  * Backward, cached kernel (rows of up to 512 x 16 = 8192 elements with
 //    packs, 512 x 8 = 4096 with single elements). The same row groups with half
 //    the elements per thread: each thread holds its x and dy packs, float32
@@ -150,6 +152,13 @@ __device__ __forceinline__ void forward_rows(const ForwardParams<T>& p, int thre
   const bool active = row < p.rows;
   const T* in = p.x + row * p.dim;
 
+  // bfloat16 issues every load of the row before it sums any: with each pack
+  // summed as it was loaded, the loads went out one after another (8 packs:
+  // 57% of copy bandwidth in strata bench, against 82% for a standalone kernel
+  // that differed only in this). float32 keeps summing each pack as it arrives:
+  // it is at ~93% so, and loading first takes it from 64 to 76 registers (one
+  // resident block fewer).
+  constexpr bool kLoadsFirst = sizeof(T) == 2;
   Pack<T, W> cached[kPacks];
   float sum[1] = {0.0f};
 #pragma unroll
@@ -157,10 +166,19 @@ __device__ __forceinline__ void forward_rows(const ForwardParams<T>& p, int thre
     const int column = (i * threads_per_row + lane) * W;
     if (active && column < p.dim) {
       cached[i] = row::load_pack<T, W>(in + column);
+      if constexpr (!kLoadsFirst)
 #pragma unroll
-      for (int k = 0; k < W; ++k) sum[0] += to_float(cached[i].v[k]);
+        for (int k = 0; k < W; ++k) sum[0] += to_float(cached[i].v[k]);
     }
   }
+  if constexpr (kLoadsFirst)
+#pragma unroll
+    for (int i = 0; i < kPacks; ++i) {
+      const int column = (i * threads_per_row + lane) * W;
+      if (active && column < p.dim)
+#pragma unroll
+        for (int k = 0; k < W; ++k) sum[0] += to_float(cached[i].v[k]);
+    }
   float mean = 0.0f;
   if (p.subtract_mean) {
     row::reduce_over_row(sum, threads_per_row, scratch, row::SumOp{});
