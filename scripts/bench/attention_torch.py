@@ -185,6 +185,9 @@ def causal_mask_mod(offset):
 
 def sparse(directory, entries, iterations, generator):
     """{(layout name, L, D): {"forward_ms", "backward_ms"}} of FlexAttention."""
+    # The backward is replayed with retain_graph, which compiled graphs that donate
+    # their buffers refuse (the first run on the H200 stopped there).
+    torch._functorch.config.donated_buffer = False
     flex = torch.compile(flex_attention)
     results = {}
     per_shape = {}  # (L, D) -> the inputs, the mask_mod and FlexAttention's dense times
