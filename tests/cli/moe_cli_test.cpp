@@ -1,6 +1,5 @@
 // End-to-end tests of `strata bench moe` and `strata op moe`, run through the built
 // binary (STRATA_BINARY) on the CPU.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -13,38 +12,20 @@
 #include "strata/ops/moe.h"
 #include "strata/ops/ops.h"
 #include "support/check.h"
+#include "support/cli.h"
 
 namespace fs = std::filesystem;
 using namespace strata;
 
 namespace {
 
-struct Result {
-  int exit_code;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using Result = testing::CommandResult;
+using testing::run_strata;
 
 fs::path scratch_dir() {
   fs::path dir = fs::temp_directory_path() / fmt::format("strata-moe-cli-test-{}", getpid());
   fs::create_directories(dir);
   return dir;
-}
-
-// Runs `strata <arguments>` with stdout and stderr captured.
-Result run_strata(const std::string& arguments) {
-  const char* binary = std::getenv("STRATA_BINARY");
-  REQUIRE_MESSAGE(binary != nullptr, "STRATA_BINARY is not set (run through ctest)");
-  const fs::path dir = scratch_dir();
-  std::string command = fmt::format("{} {} >{}/out 2>{}/err", binary, arguments, dir.string(), dir.string());
-  int status = std::system(command.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128, slurp(dir / "out"), slurp(dir / "err")};
 }
 
 struct MoEInputs {

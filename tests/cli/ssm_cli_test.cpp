@@ -1,46 +1,12 @@
 // End-to-end test of `strata bench ssm`, run through the built binary
 // (STRATA_BINARY) at its CPU smoke size.
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
-
 #include "support/check.h"
+#include "support/cli.h"
 
-namespace fs = std::filesystem;
 using namespace strata;
 
-namespace {
-
-struct Result {
-  int exit_code;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// Runs `strata <arguments>` with stdout and stderr captured.
-Result run_strata(const std::string& arguments) {
-  const char* binary = std::getenv("STRATA_BINARY");
-  REQUIRE_MESSAGE(binary != nullptr, "STRATA_BINARY is not set (run through ctest)");
-  const fs::path dir = fs::temp_directory_path() / fmt::format("strata-ssm-cli-test-{}", getpid());
-  fs::create_directories(dir);
-  std::string command = fmt::format("{} {} >{}/out 2>{}/err", binary, arguments, dir.string(), dir.string());
-  int status = std::system(command.c_str());
-  Result result{WIFEXITED(status) ? WEXITSTATUS(status) : 128, slurp(dir / "out"), slurp(dir / "err")};
-  fs::remove_all(dir);
-  return result;
-}
-
-}  // namespace
+using Result = testing::CommandResult;
+using testing::run_strata;
 
 TEST_CASE("strata bench ssm runs at its CPU smoke size and prints every kernel against the copy") {
   Result r = run_strata("bench ssm --device cpu");

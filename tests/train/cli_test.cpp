@@ -14,39 +14,16 @@
 #include <thread>
 
 #include "support/check.h"
+#include "support/cli.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int exit_code;
-  std::string out, err;
-};
+using Result = strata::testing::CommandResult;
+using strata::testing::run_strata;
 
-std::string binary() {
-  const char* path = std::getenv("STRATA_BINARY");
-  REQUIRE_MESSAGE(path != nullptr, "STRATA_BINARY is not set (run through ctest)");
-  return path;
-}
-
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// Runs `strata <arguments>` with stdout and stderr captured in files.
-Result run_strata(const std::string& arguments) {
-  fs::path scratch = fs::temp_directory_path() / fmt::format("strata-cli-test-{}", getpid());
-  fs::create_directories(scratch);
-  std::string command = fmt::format("{} {} >{}/out 2>{}/err", binary(), arguments, scratch.string(), scratch.string());
-  int status = std::system(command.c_str());
-  Result r{WIFEXITED(status) ? WEXITSTATUS(status) : 128, slurp(scratch / "out"), slurp(scratch / "err")};
-  fs::remove_all(scratch);
-  return r;
-}
+using strata::testing::binary;
 
 std::vector<nlohmann::json> metrics(const fs::path& run) {
   std::vector<nlohmann::json> records;
