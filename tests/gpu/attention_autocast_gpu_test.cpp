@@ -30,7 +30,7 @@ Outputs run(const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& 
     if (autocast) guard.emplace(DType::BFloat16);
     out = ops::attention(q, k, v, options).out;
   }
-  autograd::backward(ops::sum(ops::mul(ops::cast(out, DType::Float32), weight), {}));
+  autograd::backward(ops::sum(ops::mul(ops::cast(out, DType::Float32), weight)));
   return {out, q.grad(), k.grad(), v.grad()};
 }
 
