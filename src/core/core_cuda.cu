@@ -134,6 +134,13 @@ bool plan_word_copy(const core_kernels::StridedView& dst, const core_kernels::St
   return !negative && words < kLimit && dst_span < kLimit && src_span < kLimit;
 }
 
+template <class Word>
+void launch_word_copy(const core_kernels::StridedView& dst, const core_kernels::StridedView& src,
+                      const WordCopy& plan) {
+  word_copy_kernel<<<blocks_for(plan.words, 256), 256, 0, cuda::stream()>>>(
+      static_cast<Word*>(dst.data), static_cast<const Word*>(src.data), plan);
+}
+
 __global__ void fill_kernel(core_kernels::StridedView dst, double value, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -217,13 +224,12 @@ void copy_cuda(const StridedView& dst, const StridedView& src) {
   WordCopy plan;
   int word_bytes = 0;
   if (n > 0 && dst.dtype == src.dtype && plan_word_copy(dst, src, plan, word_bytes)) {
-    int blocks = blocks_for(plan.words, 256);
     switch (word_bytes) {
-      case 1: word_copy_kernel<<<blocks, 256, 0, cuda::stream()>>>(static_cast<uint8_t*>(dst.data), static_cast<const uint8_t*>(src.data), plan); break;
-      case 2: word_copy_kernel<<<blocks, 256, 0, cuda::stream()>>>(static_cast<uint16_t*>(dst.data), static_cast<const uint16_t*>(src.data), plan); break;
-      case 4: word_copy_kernel<<<blocks, 256, 0, cuda::stream()>>>(static_cast<uint32_t*>(dst.data), static_cast<const uint32_t*>(src.data), plan); break;
-      case 8: word_copy_kernel<<<blocks, 256, 0, cuda::stream()>>>(static_cast<uint2*>(dst.data), static_cast<const uint2*>(src.data), plan); break;
-      default: word_copy_kernel<<<blocks, 256, 0, cuda::stream()>>>(static_cast<uint4*>(dst.data), static_cast<const uint4*>(src.data), plan); break;
+      case 1: launch_word_copy<uint8_t>(dst, src, plan); break;
+      case 2: launch_word_copy<uint16_t>(dst, src, plan); break;
+      case 4: launch_word_copy<uint32_t>(dst, src, plan); break;
+      case 8: launch_word_copy<uint2>(dst, src, plan); break;
+      default: launch_word_copy<uint4>(dst, src, plan); break;
     }
     STRATA_CUDA_CHECK_LAUNCH("word_copy_kernel");
     return;
