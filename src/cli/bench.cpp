@@ -25,6 +25,10 @@ void report(const std::string& name, double ms, double amount, const char* unit,
   fmt::print("{:<46} {:9.3f} ms  {:9.1f} {}  {:5.1f}% of {:.1f}\n", name, ms, rate, unit, 100.0 * rate / limit, limit);
 }
 
+bool selected(const std::vector<std::string>& only, const std::string& group) {
+  return only.empty() || std::find(only.begin(), only.end(), group) != only.end();
+}
+
 namespace {
 
 struct BenchOptions {
@@ -35,10 +39,6 @@ struct BenchOptions {
   int64_t adamw_parameters = 256 << 20;
   int iterations = 20;
 };
-
-bool wanted(const BenchOptions& o, const std::string& group) {
-  return o.only.empty() || std::find(o.only.begin(), o.only.end(), group) != o.only.end();
-}
 
 void bench(const BenchOptions& o) {
   Device device = parse_device(o.device);
@@ -62,7 +62,7 @@ void bench(const BenchOptions& o) {
   copy_source = Tensor();
   copy_target = Tensor();
 
-  if (wanted(o, "gemm")) {
+  if (selected(o.only, "gemm")) {
     int64_t n = gpu ? o.gemm_size : std::min<int64_t>(o.gemm_size, 1024);
     double flops = 2.0 * static_cast<double>(n) * n * n;
     for (DType dtype : {low, DType::Float32}) {
@@ -87,7 +87,7 @@ void bench(const BenchOptions& o) {
   }
 
   int64_t rows = gpu ? o.rows : std::min<int64_t>(o.rows, 2048), dim = gpu ? o.dim : std::min<int64_t>(o.dim, 1024);
-  if (wanted(o, "elementwise")) {
+  if (selected(o.only, "elementwise")) {
     for (DType dtype : {low, DType::Float32}) {
       Tensor a = random({rows, dim}, dtype), b = random({rows, dim}, dtype);
       double bytes = 3.0 * static_cast<double>(rows * dim) * static_cast<double>(dtype_size(dtype));
@@ -100,7 +100,7 @@ void bench(const BenchOptions& o) {
     }
   }
 
-  if (wanted(o, "norm")) {
+  if (selected(o.only, "norm")) {
     for (DType dtype : {low, DType::Float32}) {
       Tensor x = random({rows, dim}, dtype), dy = random({rows, dim}, dtype);
       Tensor weight = random({dim}, dtype), bias = random({dim}, dtype);
@@ -124,7 +124,7 @@ void bench(const BenchOptions& o) {
     }
   }
 
-  if (wanted(o, "adamw")) {
+  if (selected(o.only, "adamw")) {
     int64_t n = gpu ? o.adamw_parameters : std::min<int64_t>(o.adamw_parameters, int64_t{1} << 22);
     kernels::AdamWTensors t{random({n}, DType::Float32), random({n}, DType::Float32),
                             Tensor::zeros({n}, DType::Float32, device), Tensor::zeros({n}, DType::Float32, device), true};

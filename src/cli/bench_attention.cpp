@@ -35,6 +35,7 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include "cli/bench.h"
 #include "cli/commands.h"
 #include "strata/autograd/autograd.h"
 #include "strata/core/memory.h"
@@ -78,10 +79,6 @@ void resolve(AttentionBenchOptions& o, bool gpu) {
   if (o.block_size == 0) o.block_size = gpu ? 128 : 64;
 }
 
-bool wanted(const AttentionBenchOptions& o, const std::string& part) {
-  return o.only.empty() || std::find(o.only.begin(), o.only.end(), part) != o.only.end();
-}
-
 // (batch, heads) of one run at length L and head dim D.
 struct RunShape {
   int64_t batch, heads, length, head_dim;
@@ -118,9 +115,9 @@ class AttentionBench {
     fmt::print("strata bench attention on {}: {}, model width {} (heads = width / head dim), batch = max(1, {} / L)\n",
                device_.str(), dtype_name(dtype_), o_.model_dim, o_.tokens);
     if (gpu_) measure_gemm_limit();
-    if (wanted(o_, "dense")) dense();
-    if (wanted(o_, "sparse")) sparse();
-    if (wanted(o_, "dma")) dma();
+    if (selected(o_.only, "dense")) dense();
+    if (selected(o_.only, "sparse")) sparse();
+    if (selected(o_.only, "dma")) dma();
     if (!o_.export_layouts.empty()) {
       index_["device"] = device_.str();
       index_["dtype"] = dtype_name(dtype_);

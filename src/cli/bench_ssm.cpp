@@ -33,6 +33,7 @@
 #include <functional>
 #include <memory>
 
+#include "cli/bench.h"
 #include "cli/commands.h"
 #include "strata/autograd/autograd.h"
 #include "strata/core/memory.h"
@@ -68,10 +69,6 @@ void resolve(SsmBenchOptions& o, bool gpu) {
   if (o.iterations == 0) o.iterations = gpu ? 20 : 1;
 }
 
-bool wanted(const SsmBenchOptions& o, const std::string& group) {
-  return o.only.empty() || std::find(o.only.begin(), o.only.end(), group) != o.only.end();
-}
-
 struct Timing {
   double forward_ms = 0, backward_ms = 0;
 };
@@ -87,10 +84,10 @@ class SsmBench {
     measure_copy();
     for (int64_t d_inner : o_.d_inner) {
       for (int64_t length : o_.lengths) {
-        if (wanted(o_, "scan"))
+        if (selected(o_.only, "scan"))
           for (int64_t d_state : o_.states) bench_scan(d_inner, length, d_state);
-        if (wanted(o_, "conv")) bench_conv(d_inner, length);
-        if (wanted(o_, "ssd")) bench_ssd(d_inner, length);
+        if (selected(o_.only, "conv")) bench_conv(d_inner, length);
+        if (selected(o_.only, "ssd")) bench_ssd(d_inner, length);
       }
     }
   }
