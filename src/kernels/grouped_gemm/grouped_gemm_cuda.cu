@@ -5,6 +5,7 @@
 
 #include "kernels/grouped_gemm/grouped_gemm_cuda.h"
 #include "kernels/common/cuda_convert.cuh"
+#include "kernels/common/tensor_core.cuh"
 #include "strata/core/cuda_check.h"
 #include "strata/core/cuda_stream.h"
 
@@ -203,40 +204,6 @@ constexpr int kTcBuffer = kTcTileM * (kTcTileK + kTcPad) > kTcTileK * (kTcTileM 
 constexpr size_t kTcSharedBytes = size_t{2} * kTcStages * kTcBuffer * sizeof(__nv_bfloat16);
 static_assert(kTcTileM == kTcTileN, "one buffer size and one copy loop serve both operands");
 
-__device__ __forceinline__ uint32_t shared_address(const void* pointer) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
-}
-// 16 bytes global -> shared; zeros (no read) when !valid.
-__device__ __forceinline__ void copy_async_16(void* shared, const void* global, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)), "l"(global),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void copy_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-// Four 8 x 8 matrices of 16-bit values; lane l gives the address of row l % 8 of matrix l / 8.
-__device__ __forceinline__ void load_matrix_x4(uint32_t (&r)[4], const void* address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(address)));
-}
-__device__ __forceinline__ void load_matrix_x4_transposed(uint32_t (&r)[4], const void* address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(address)));
-}
-// c += a b for one 16 x 8 tile (g = lane / 4, t = lane % 4: c[0], c[1] at row g,
-// columns 2t, 2t + 1; c[2], c[3] at row g + 8).
-__device__ __forceinline__ void mma_bf16_16x8x16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // One operand of the tile product. "outer" is m for A and n for B: the element
 // (outer o, depth k) is at data[o * stride + k] when kAlongK (contiguous along k),
 // else at data[k * stride + o]. Valid for o < outer_size, k < depth (zero outside).
@@ -349,7 +316,7 @@ __device__ void multiply_tile_tensor_cores(const TcOperand& a, const TcOperand& 
       for (int i = 0; i < kTcMmaM; ++i)
 #pragma unroll
         for (int j = 0; j < kTcMmaN; ++j)
-          mma_bf16_16x8x16(accumulator[i][j], a_fragments[i], b_fragments[j / 2][(j % 2) * 2],
+          mma_16x8x16<__nv_bfloat16>(accumulator[i][j], a_fragments[i], b_fragments[j / 2][(j % 2) * 2],
                            b_fragments[j / 2][(j % 2) * 2 + 1]);
     }
   }
