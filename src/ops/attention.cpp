@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "kernels/attention/attention_cpu.h"
+#include "ops/attention_checks.h"
 #include "ops/op_utils.h"
 #include "strata/autograd/autograd.h"
 #include "strata/ops/ops.h"
@@ -22,6 +23,54 @@
 #endif
 
 namespace strata::ops {
+
+namespace detail {
+
+kernels::AttentionSizes check_attention_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                                               bool causal, std::optional<double> scale) {
+  detail::check_defined(op, q, "q");
+  detail::check_defined(op, k, "k");
+  detail::check_defined(op, v, "v");
+  STRATA_CHECK(q.dim() == 4, "{}: q {} must be (batch, heads, Lq, head_dim)", op, q.str());
+  STRATA_CHECK(k.dim() == 4, "{}: k {} must be (batch, kv_heads, Lk, head_dim)", op, k.str());
+  kernels::AttentionSizes sizes;
+  sizes.batch = q.shape()[0];
+  sizes.heads = q.shape()[1];
+  sizes.length_q = q.shape()[2];
+  sizes.head_dim = q.shape()[3];
+  sizes.kv_heads = k.shape()[1];
+  sizes.length_k = k.shape()[2];
+  STRATA_CHECK(q.numel() > 0 && k.numel() > 0, "{}: q {} and k {} must not be empty", op, q.str(), k.str());
+  STRATA_CHECK(k.shape()[0] == sizes.batch && k.shape()[3] == sizes.head_dim,
+               "{}: k {} must be (batch, kv_heads, Lk, head_dim) = ({}, kv_heads, Lk, {}) to match q {}", op, k.str(),
+               sizes.batch, sizes.head_dim, q.str());
+  STRATA_CHECK(v.shape() == k.shape(), "{}: v {} must have the shape of k {}", op, v.str(), k.str());
+  STRATA_CHECK(sizes.heads % sizes.kv_heads == 0,
+               "{}: the {} heads of q {} are not a multiple of the {} kv heads of k {}", op, sizes.heads, q.str(),
+               sizes.kv_heads, k.str());
+  const bool supported = q.device().is_cpu()
+                             ? (q.dtype() == DType::Float32 || q.dtype() == DType::Float64)
+                             : (q.dtype() == DType::Float32 || q.dtype() == DType::BFloat16 ||
+                                q.dtype() == DType::Float16);
+  STRATA_CHECK(supported, "{}: q {} is not supported (supported: {})", op, q.str(),
+               q.device().is_cpu() ? "float32, float64 on cpu" : "float32, bfloat16, float16 on cuda");
+  detail::check_same_device(op, q, k);
+  detail::check_same_device(op, q, v);
+  STRATA_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), "{}: q {}, k {} and v {} must share one dtype", op,
+               q.str(), k.str(), v.str());
+#ifdef STRATA_WITH_CUDA
+  if (q.device().is_cuda())
+    STRATA_CHECK(sizes.head_dim <= kernels::kAttentionCudaMaxHeadDim, "{}: head_dim {} of q {} exceeds {} on CUDA", op,
+                 sizes.head_dim, q.str(), kernels::kAttentionCudaMaxHeadDim);
+#endif
+
+  sizes.causal = causal;
+  sizes.scale = scale.value_or(1.0 / std::sqrt(static_cast<double>(sizes.head_dim)));
+  STRATA_CHECK(std::isfinite(sizes.scale), "{}: scale must be finite, got {}", op, sizes.scale);
+  return sizes;
+}
+
+}  // namespace detail
 
 namespace {
 
@@ -33,14 +82,6 @@ using kernels::BlockLayout;
 constexpr int64_t kMaxProbabilityElements = int64_t{1} << 28;
 
 DType accumulation_dtype(DType value) { return value == DType::Float64 ? DType::Float64 : DType::Float32; }
-
-void check_value_dtype(const char* op, const Tensor& q) {
-  bool ok = q.device().is_cpu()
-                ? (q.dtype() == DType::Float32 || q.dtype() == DType::Float64)
-                : (q.dtype() == DType::Float32 || q.dtype() == DType::BFloat16 || q.dtype() == DType::Float16);
-  STRATA_CHECK(ok, "{}: q {} is not supported (supported: {})", op, q.str(),
-               q.device().is_cpu() ? "float32, float64 on cpu" : "float32, bfloat16, float16 on cuda");
-}
 
 // A tensor that must broadcast to `target` (and have no more dims than it).
 void check_broadcasts_to(const char* op, const char* name, const Tensor& t, const Shape& target, const char* layout) {
@@ -59,40 +100,7 @@ void check_float_on(const char* op, const char* name, const Tensor& t, const Ten
 
 AttentionSizes check_arguments(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
                                const AttentionOptions& options) {
-  detail::check_defined(op, q, "q");
-  detail::check_defined(op, k, "k");
-  detail::check_defined(op, v, "v");
-  STRATA_CHECK(q.dim() == 4, "{}: q {} must be (batch, heads, Lq, head_dim)", op, q.str());
-  STRATA_CHECK(k.dim() == 4, "{}: k {} must be (batch, kv_heads, Lk, head_dim)", op, k.str());
-  AttentionSizes sizes;
-  sizes.batch = q.shape()[0];
-  sizes.heads = q.shape()[1];
-  sizes.length_q = q.shape()[2];
-  sizes.head_dim = q.shape()[3];
-  sizes.kv_heads = k.shape()[1];
-  sizes.length_k = k.shape()[2];
-  STRATA_CHECK(q.numel() > 0 && k.numel() > 0, "{}: q {} and k {} must not be empty", op, q.str(), k.str());
-  STRATA_CHECK(k.shape()[0] == sizes.batch && k.shape()[3] == sizes.head_dim,
-               "{}: k {} must be (batch, kv_heads, Lk, head_dim) = ({}, kv_heads, Lk, {}) to match q {}", op, k.str(),
-               sizes.batch, sizes.head_dim, q.str());
-  STRATA_CHECK(v.shape() == k.shape(), "{}: v {} must have the shape of k {}", op, v.str(), k.str());
-  STRATA_CHECK(sizes.heads % sizes.kv_heads == 0,
-               "{}: the {} heads of q {} are not a multiple of the {} kv heads of k {}", op, sizes.heads, q.str(),
-               sizes.kv_heads, k.str());
-  check_value_dtype(op, q);
-  detail::check_same_device(op, q, k);
-  detail::check_same_device(op, q, v);
-  STRATA_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), "{}: q {}, k {} and v {} must share one dtype", op,
-               q.str(), k.str(), v.str());
-#ifdef STRATA_WITH_CUDA
-  if (q.device().is_cuda())
-    STRATA_CHECK(sizes.head_dim <= kernels::kAttentionCudaMaxHeadDim, "{}: head_dim {} of q {} exceeds {} on CUDA", op,
-                 sizes.head_dim, q.str(), kernels::kAttentionCudaMaxHeadDim);
-#endif
-
-  sizes.causal = options.causal;
-  sizes.scale = options.scale.value_or(1.0 / std::sqrt(static_cast<double>(sizes.head_dim)));
-  STRATA_CHECK(std::isfinite(sizes.scale), "{}: scale must be finite, got {}", op, sizes.scale);
+  AttentionSizes sizes = detail::check_attention_inputs(op, q, k, v, options.causal, options.scale);
   const Shape scores{sizes.batch, sizes.heads, sizes.length_q, sizes.length_k};
   if (options.bias.defined()) {
     check_float_on(op, "bias", options.bias, q);

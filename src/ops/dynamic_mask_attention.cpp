@@ -8,11 +8,11 @@
 // and its block maxima (the selection is not differentiated, so the backward pass
 // reuses them), out and lse. The bias gradient comes out of the backward kernel
 // already summed over queries and heads, (batch, kv_heads, Lk): no (Lq x Lk) buffer.
-#include <cmath>
 #include <limits>
 
 #include "kernels/attention/attention_cpu.h"
 #include "kernels/dynamic_mask/dynamic_mask_cpu.h"
+#include "ops/attention_checks.h"
 #include "ops/op_utils.h"
 #include "strata/autograd/autograd.h"
 #include "strata/ops/attention.h"
@@ -41,27 +41,8 @@ struct Saved {
 
 AttentionSizes check_arguments(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_bias,
                                int64_t keep_window, std::optional<double> scale) {
-  detail::check_defined(kOp, q, "q");
-  detail::check_defined(kOp, k, "k");
-  detail::check_defined(kOp, v, "v");
   detail::check_defined(kOp, key_bias, "key_bias");
-  STRATA_CHECK(q.dim() == 4, "{}: q {} must be (batch, heads, Lq, head_dim)", kOp, q.str());
-  STRATA_CHECK(k.dim() == 4, "{}: k {} must be (batch, kv_heads, Lk, head_dim)", kOp, k.str());
-  AttentionSizes s;
-  s.batch = q.size(0);
-  s.heads = q.size(1);
-  s.length_q = q.size(2);
-  s.head_dim = q.size(3);
-  s.kv_heads = k.size(1);
-  s.length_k = k.size(2);
-  s.causal = true;
-  STRATA_CHECK(q.numel() > 0 && k.numel() > 0, "{}: q {} and k {} must not be empty", kOp, q.str(), k.str());
-  STRATA_CHECK(k.size(0) == s.batch && k.size(3) == s.head_dim,
-               "{}: k {} must be (batch, kv_heads, Lk, head_dim) = ({}, kv_heads, Lk, {}) to match q {}", kOp, k.str(),
-               s.batch, s.head_dim, q.str());
-  STRATA_CHECK(v.shape() == k.shape(), "{}: v {} must have the shape of k {}", kOp, v.str(), k.str());
-  STRATA_CHECK(s.heads % s.kv_heads == 0, "{}: the {} heads of q {} are not a multiple of the {} kv heads of k {}",
-               kOp, s.heads, q.str(), s.kv_heads, k.str());
+  AttentionSizes s = detail::check_attention_inputs(kOp, q, k, v, /*causal=*/true, scale);
   STRATA_CHECK(key_bias.shape() == Shape({s.batch, s.kv_heads, s.length_k}),
                "{}: key_bias {} must be (batch, kv_heads, Lk) = [{}, {}, {}]", kOp, key_bias.str(), s.batch,
                s.kv_heads, s.length_k);
@@ -69,27 +50,12 @@ AttentionSizes check_arguments(const Tensor& q, const Tensor& k, const Tensor& v
   STRATA_CHECK(keep_window > 0, "{}: keep_window must be positive, got {}", kOp, keep_window);
   STRATA_CHECK(s.length_k < std::numeric_limits<int32_t>::max(), "{}: Lk of k {} does not fit the int32 keep mask",
                kOp, k.str());
-  const bool cpu = q.device().is_cpu();
-  const bool dtype_ok = cpu ? (q.dtype() == DType::Float32 || q.dtype() == DType::Float64)
-                            : (q.dtype() == DType::Float32 || q.dtype() == DType::BFloat16 ||
-                               q.dtype() == DType::Float16);
-  STRATA_CHECK(dtype_ok, "{}: q {} is not supported (supported: {})", kOp, q.str(),
-               cpu ? "float32, float64 on cpu" : "float32, bfloat16, float16 on cuda");
-  STRATA_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), "{}: q {}, k {} and v {} must share one dtype", kOp,
-               q.str(), k.str(), v.str());
-  detail::check_same_device(kOp, q, k);
-  detail::check_same_device(kOp, q, v);
   detail::check_same_device(kOp, q, key_bias);
 #ifdef STRATA_WITH_CUDA
-  if (!cpu) {
-    STRATA_CHECK(s.head_dim <= kernels::kAttentionCudaMaxHeadDim, "{}: head_dim {} of q {} exceeds {} on CUDA", kOp,
-                 s.head_dim, q.str(), kernels::kAttentionCudaMaxHeadDim);
+  if (q.device().is_cuda())
     STRATA_CHECK(s.batch * s.kv_heads <= 65535, "{}: batch * kv_heads = {} exceeds 65535 on CUDA", kOp,
                  s.batch * s.kv_heads);
-  }
 #endif
-  s.scale = scale.value_or(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
-  STRATA_CHECK(std::isfinite(s.scale), "{}: scale must be finite, got {}", kOp, s.scale);
   return s;
 }
 
