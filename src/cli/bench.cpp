@@ -29,6 +29,30 @@ bool selected(const std::vector<std::string>& only, const std::string& group) {
   return only.empty() || std::find(only.begin(), only.end(), group) != only.end();
 }
 
+PassTiming time_passes(Device device, const std::function<Tensor()>& forward, std::vector<Tensor> leaves,
+                       const Tensor& grad_out, int iterations, int warmup) {
+  PassTiming t;
+  {
+    autograd::NoGradGuard no_grad;
+    t.forward_ms = time_ms(device, [&] { forward(); }, iterations, warmup);
+  }
+  autograd::EnableGradGuard grad;
+  for (Tensor& leaf : leaves) leaf.set_requires_grad(true);
+  Tensor out = forward();
+  t.backward_ms = time_ms(
+      device,
+      [&] {
+        for (Tensor& leaf : leaves) leaf.zero_grad();
+        autograd::backward(out, grad_out, /*retain_graph=*/true);
+      },
+      iterations, warmup);
+  for (Tensor& leaf : leaves) {
+    leaf.zero_grad();
+    leaf.set_requires_grad(false);
+  }
+  return t;
+}
+
 namespace {
 
 struct BenchOptions {

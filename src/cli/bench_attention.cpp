@@ -97,10 +97,6 @@ double forward_flops(const RunShape& s, bool causal) {
 }
 constexpr double kBackwardFlopsPerForward = 2.5;
 
-struct Timing {
-  double forward_ms = 0, backward_ms = 0;
-};
-
 class AttentionBench {
  public:
   explicit AttentionBench(const AttentionBenchOptions& options)
@@ -150,30 +146,11 @@ class AttentionBench {
     return {random(shape), random(shape), random(shape), random(shape)};
   }
 
-  // Forward time with the tape off; backward time by replaying the node recorded
-  // once, with the grads of `leaves` cleared before each pass.
-  Timing time_passes(const std::function<Tensor()>& forward, std::vector<Tensor> leaves, const Tensor& grad_out) {
-    const int warmup = gpu_ ? 3 : 1;
-    Timing t;
-    {
-      autograd::NoGradGuard no_grad;
-      t.forward_ms = time_ms(device_, [&] { forward(); }, o_.iterations, warmup);
-    }
-    autograd::EnableGradGuard grad;
-    for (Tensor& leaf : leaves) leaf.set_requires_grad(true);
-    Tensor out = forward();
-    t.backward_ms = time_ms(device_, [&] {
-      for (Tensor& leaf : leaves) leaf.zero_grad();
-      autograd::backward(out, grad_out, /*retain_graph=*/true);
-    }, o_.iterations, warmup);
-    for (Tensor& leaf : leaves) {
-      leaf.zero_grad();
-      leaf.set_requires_grad(false);
-    }
-    return t;
+  PassTiming time_passes(const std::function<Tensor()>& forward, std::vector<Tensor> leaves, const Tensor& grad_out) {
+    return cli::time_passes(device_, forward, std::move(leaves), grad_out, o_.iterations, gpu_ ? 3 : 1);
   }
 
-  Timing time_attention(const Inputs& in, bool causal, const BlockLayout* layout) {
+  PassTiming time_attention(const Inputs& in, bool causal, const BlockLayout* layout) {
     ops::AttentionOptions options;
     options.causal = causal;
     return time_passes([&] {
@@ -196,7 +173,7 @@ class AttentionBench {
       for (bool causal : {false, true})
         for (int64_t length : o_.lengths) {
           RunShape s = shape_for(o_, length, head_dim);
-          Timing t = time_attention(make_inputs(s), causal, nullptr);
+          PassTiming t = time_attention(make_inputs(s), causal, nullptr);
           std::string shape = fmt::format("{} L={} D={} B={} H={}", causal ? "causal" : "full", length, head_dim,
                                           s.batch, s.heads);
           double flops = forward_flops(s, causal);
@@ -261,7 +238,7 @@ class AttentionBench {
       for (int64_t head_dim : o_.head_dims) {
         RunShape s = shape_for(o_, length, head_dim);
         Inputs inputs = make_inputs(s);
-        Timing dense = time_attention(inputs, false, nullptr);
+        PassTiming dense = time_attention(inputs, false, nullptr);
         fmt::print("attention sparse {:<34} L={} D={} B={} H={}  fwd {:8.3f} ms  bwd {:8.3f} ms\n", "dense(reference)",
                    length, head_dim, s.batch, s.heads, dense.forward_ms, dense.backward_ms);
         LayoutGeometry geometry{length, length, o_.block_size};
@@ -276,7 +253,7 @@ class AttentionBench {
           }
           double density = layout.density();
           BlockLayout on_device = layout.to(device_);
-          Timing t = time_attention(inputs, c.causal, &on_device);
+          PassTiming t = time_attention(inputs, c.causal, &on_device);
           double forward_ratio = t.forward_ms / (density * dense.forward_ms);
           double backward_ratio = t.backward_ms / (density * dense.backward_ms);
           fmt::print("attention sparse {:<34} L={} D={} density {:.4f}  fwd {:8.3f} ms ({:.2f}x)  bwd {:8.3f} ms ({:.2f}x)\n",
@@ -298,12 +275,12 @@ class AttentionBench {
       for (int64_t head_dim : o_.head_dims) {
         RunShape s = shape_for(o_, length, head_dim);
         Inputs in = make_inputs(s);
-        Timing dense = time_attention(in, true, nullptr);
+        PassTiming dense = time_attention(in, true, nullptr);
         Tensor key_bias = rand_normal({s.batch, s.heads, s.length}, 0.0, 1.0, DType::Float32, device_, generator_);
         std::vector<int64_t> windows;
         for (int64_t window = length / 32; window < length; window *= 2) windows.push_back(window);
         for (int64_t window : windows) {
-          Timing t = time_passes([&] { return ops::dynamic_mask_attention(in.q, in.k, in.v, key_bias, window); },
+          PassTiming t = time_passes([&] { return ops::dynamic_mask_attention(in.q, in.k, in.v, key_bias, window); },
                                  {in.q, in.k, in.v, key_bias}, in.grad_out);
           double flops = 4.0 * static_cast<double>(s.batch * s.heads) * kept_pairs(length, window) *
                          static_cast<double>(head_dim);
@@ -323,8 +300,8 @@ class AttentionBench {
   // One JSON file per layout: the shapes and key_blocks[batch][head][query_block],
   // the key blocks each query block attends, increasing (batch and head dims of 1
   // are shared by every sequence or head).
-  void export_layout(const LayoutCase& c, const BlockLayout& layout, const RunShape& s, const Timing& t,
-                     const Timing& dense) {
+  void export_layout(const LayoutCase& c, const BlockLayout& layout, const RunShape& s, const PassTiming& t,
+                     const PassTiming& dense) {
     BlockLayout host = layout.to(Device::cpu());
     nlohmann::json key_blocks = nlohmann::json::array();
     for (int64_t batch = 0; batch < host.batches(); ++batch) {

@@ -69,10 +69,6 @@ void resolve(SsmBenchOptions& o, bool gpu) {
   if (o.iterations == 0) o.iterations = gpu ? 20 : 1;
 }
 
-struct Timing {
-  double forward_ms = 0, backward_ms = 0;
-};
-
 class SsmBench {
  public:
   SsmBench(const SsmBenchOptions& options, Device device)
@@ -130,30 +126,8 @@ class SsmBench {
     fmt::print("{}\n", line);
   }
 
-  // Forward with the tape off; backward by replaying the node recorded once with the
-  // grads of `leaves` cleared before each pass. grad_out matches forward()'s output.
-  Timing time_passes(const std::function<Tensor()>& forward, std::vector<Tensor> leaves, const Tensor& grad_out) {
-    const int warmup = gpu_ ? 3 : 1;
-    Timing t;
-    {
-      autograd::NoGradGuard no_grad;
-      t.forward_ms = time_ms(device_, [&] { forward(); }, o_.iterations, warmup);
-    }
-    autograd::EnableGradGuard grad;
-    for (Tensor& leaf : leaves) leaf.set_requires_grad(true);
-    Tensor out = forward();
-    t.backward_ms = time_ms(
-        device_,
-        [&] {
-          for (Tensor& leaf : leaves) leaf.zero_grad();
-          autograd::backward(out, grad_out, /*retain_graph=*/true);
-        },
-        o_.iterations, warmup);
-    for (Tensor& leaf : leaves) {
-      leaf.zero_grad();
-      leaf.set_requires_grad(false);
-    }
-    return t;
+  PassTiming time_passes(const std::function<Tensor()>& forward, std::vector<Tensor> leaves, const Tensor& grad_out) {
+    return cli::time_passes(device_, forward, std::move(leaves), grad_out, o_.iterations, gpu_ ? 3 : 1);
   }
 
   void bench_scan(int64_t d_inner, int64_t length, int64_t d_state) {
@@ -171,7 +145,7 @@ class SsmBench {
       options.delta_softplus = true;
       return ops::selective_scan(u, delta, A, B, C, options).y;
     };
-    const Timing t = time_passes(forward, {u, delta, A, B, C, D, z, delta_bias}, activation(activation_shape));
+    const PassTiming t = time_passes(forward, {u, delta, A, B, C, D, z, delta_bias}, activation(activation_shape));
 
     const double activations = static_cast<double>(batch * d_inner * length) * element();
     const double bc = static_cast<double>(batch * d_state * length) * element();
@@ -191,7 +165,7 @@ class SsmBench {
     Tensor x = activation(shape);
     Tensor weight = parameter({channels, kernel_size}, -0.5, 0.5), bias = parameter({channels}, -0.5, 0.5);
     auto forward = [&] { return ops::causal_conv1d(x, weight, bias, /*silu=*/true); };
-    const Timing t = time_passes(forward, {x, weight, bias}, activation(shape));
+    const PassTiming t = time_passes(forward, {x, weight, bias}, activation(shape));
 
     const double tensor = static_cast<double>(batch * channels * length) * element();
     const double parameters = 4.0 * static_cast<double>(channels * (kernel_size + 1));
@@ -217,7 +191,7 @@ class SsmBench {
       options.chunk_size = o_.ssd_chunk;
       return ops::ssd_chunked(x, dt, A, B, C, options).y;
     };
-    const Timing t = time_passes(forward, {x, dt, A, B, C, D, dt_bias}, activation(x_shape));
+    const PassTiming t = time_passes(forward, {x, dt, A, B, C, D, dt_bias}, activation(x_shape));
 
     const double xs = static_cast<double>(batch * length * heads * head_dim) * element();
     const double dts = static_cast<double>(batch * length * heads) * element();
