@@ -59,6 +59,47 @@ bool receive_all(int fd, void* data, size_t size, Clock::time_point deadline, co
 
 constexpr auto kForever = Clock::time_point::max();
 
+// What the server sends first on every connection.
+constexpr char kGreeting[] = "strata rendezvous store 1\n";
+constexpr size_t kGreetingSize = sizeof kGreeting - 1;
+
+// True when the connected socket is its own peer (same address and port at both ends).
+bool connected_to_itself(int fd) {
+  sockaddr_storage local{}, peer{};
+  socklen_t local_size = sizeof local, peer_size = sizeof peer;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_size) != 0 ||
+      ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_size) != 0)
+    return false;
+  return local_size == peer_size && std::memcmp(&local, &peer, local_size) == 0;
+}
+
+// Connects to one address and checks the greeting within `deadline`; the socket,
+// or -1 with the reason in `error`.
+int connect_to_store(const addrinfo& a, Clock::time_point deadline, const std::string& where, std::string& error) {
+  int fd = ::socket(a.ai_family, a.ai_socktype | SOCK_CLOEXEC, a.ai_protocol);
+  if (fd < 0) {
+    error = errno_text();
+    return -1;
+  }
+  if (::connect(fd, a.ai_addr, a.ai_addrlen) != 0) {
+    error = errno_text();
+  } else if (connected_to_itself(fd)) {
+    error = "the connection reached itself";
+  } else {
+    char greeting[kGreetingSize] = {};
+    try {
+      if (receive_all(fd, greeting, kGreetingSize, deadline, where, "the store's greeting") &&
+          std::memcmp(greeting, kGreeting, kGreetingSize) == 0)
+        return fd;
+      error = "something other than a Strata rendezvous store answers there";
+    } catch (const Error&) {
+      error = "something there accepts connections but does not answer as a Strata rendezvous store";
+    }
+  }
+  ::close(fd);
+  return -1;
+}
+
 void send_string(int fd, const char* data, size_t size, const std::string& where) {
   uint32_t length = static_cast<uint32_t>(size);
   send_all(fd, &length, sizeof length, where);
@@ -126,6 +167,7 @@ void TcpStoreServer::accept_loop() {
 void TcpStoreServer::serve(int fd) {
   const std::string where = "server";
   try {
+    send_all(fd, kGreeting, kGreetingSize, where);
     while (true) {
       char request = 0;
       std::vector<char> key, value;
@@ -172,16 +214,8 @@ TcpStore::TcpStore(const std::string& host, int port, std::chrono::milliseconds 
     if (status != 0) {
       last_error = ::gai_strerror(status);
     } else {
-      for (addrinfo* a = addresses; a != nullptr && fd_ < 0; a = a->ai_next) {
-        int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-        if (fd < 0) continue;
-        if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
-          fd_ = fd;
-        } else {
-          last_error = errno_text();
-          ::close(fd);
-        }
-      }
+      for (addrinfo* a = addresses; a != nullptr && fd_ < 0; a = a->ai_next)
+        fd_ = connect_to_store(*a, std::min(deadline, Clock::now() + std::chrono::seconds(2)), where_, last_error);
       ::freeaddrinfo(addresses);
     }
     if (fd_ >= 0) break;

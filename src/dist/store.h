@@ -2,8 +2,11 @@
 // address there, NCCL rank 0's unique id.
 //
 // Over TCP, rank 0 serves the store (TcpStoreServer, one thread per client) and
-// every rank, rank 0 included, is a client (TcpStore). The protocol is two
-// requests, each a byte then length-prefixed strings:
+// every rank, rank 0 included, is a client (TcpStore). The server speaks first,
+// a greeting the client checks: a client that reached something else on the port
+// (another program, or itself: a connect to a port nobody listens on yet can pick
+// that port as its own and connect to itself) drops the connection and retries.
+// Then the protocol is two requests, each a byte then length-prefixed strings:
 //   'S' key value  -> one byte 1 once stored
 //   'G' key        -> the value, as soon as some rank has set the key
 // Clients bound every wait by their timeout. Gloo's FileStore is the alternative

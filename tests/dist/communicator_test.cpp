@@ -210,6 +210,23 @@ TEST_CASE("a rank that never arrives fails the rendezvous within the timeout") {
   CHECK(Clock::now() - start < std::chrono::seconds(20));
 }
 
+TEST_CASE("a port held by another program is not taken for rank 0's store") {
+  // A listener that accepts and never answers, as a foreign server on the port would.
+  int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  REQUIRE(::listen(listener, 4) == 0);
+  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length) == 0);
+  ConnectOptions o = options_for(1, 2, "", std::chrono::milliseconds(1500));
+  o.master_addr = "127.0.0.1";
+  o.store_port = ntohs(address.sin_port);
+  CHECK_THROWS_WITH_AS(connect(o), doctest::Contains("does not answer as a Strata rendezvous store"), Error);
+  ::close(listener);
+}
+
 TEST_CASE("argument errors name the call and the tensor") {
   on_ranks(1, [](Communicator& c) {
     Tensor ints = Tensor::zeros({4}, DType::Int32);
