@@ -210,6 +210,7 @@ class SsmBench {
 void add_bench_ssm_command(CLI::App& bench) {
   auto* cmd = bench.add_subcommand(
       "ssm", "Selective scan, causal conv1d and chunked SSD forward/backward: time, GB/s against copy, tokens/s");
+  cmd->alias("scan");
   auto options = std::make_shared<SsmBenchOptions>();
   cmd->add_option("--device", options->device, "cpu, cuda, cuda:N or auto");
   cmd->add_option("--only", options->only, "Kernels to run: scan, conv, ssd")
