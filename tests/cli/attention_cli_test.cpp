@@ -2,10 +2,8 @@
 // (STRATA_BINARY) on the CPU: the bench prints a line per measurement and exports
 // its layouts; the op reads HDF5 inputs and writes the outputs and gradients that
 // ops::attention gives here for the same inputs.
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -15,23 +13,16 @@
 #include "strata/kernels/block_layout.h"
 #include "strata/ops/attention.h"
 #include "support/check.h"
+#include "support/cli.h"
 
 namespace fs = std::filesystem;
 using namespace strata;
 
 namespace {
 
-struct Result {
-  int exit_code;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using Result = testing::CommandResult;
+using testing::run_strata;
+using testing::slurp;
 
 // A fresh folder per test case, removed at the end.
 struct Scratch {
@@ -43,15 +34,6 @@ struct Scratch {
   }
   ~Scratch() { fs::remove_all(path); }
 };
-
-Result run_strata(const std::string& arguments, const Scratch& scratch) {
-  const char* binary = std::getenv("STRATA_BINARY");
-  REQUIRE_MESSAGE(binary != nullptr, "STRATA_BINARY is not set (run through ctest)");
-  fs::path out = scratch.path / "stdout", err = scratch.path / "stderr";
-  std::string command = fmt::format("{} {} >{} 2>{}", binary, arguments, out.string(), err.string());
-  int status = std::system(command.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128, slurp(out), slurp(err)};
-}
 
 bool has_line_starting(const std::string& text, const std::string& start) {
   std::istringstream lines(text);
@@ -160,7 +142,7 @@ void check_outputs(const fs::path& path, const std::map<std::string, Tensor>& ex
 TEST_CASE("bench attention on the CPU prints a dense line per pass and a sparse line per layout") {
   Scratch scratch("bench");
   fs::path layouts = scratch.path / "layouts";
-  Result r = run_strata("bench attention --device cpu --export-layouts " + layouts.string(), scratch);
+  Result r = run_strata("bench attention --device cpu --export-layouts " + layouts.string());
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
   for (const char* pass : {"forward", "backward"})
     for (const char* mask : {"full", "causal"})
@@ -202,7 +184,7 @@ TEST_CASE("bench attention on the CPU prints a dense line per pass and a sparse 
     CHECK(layout["key_blocks"][0][0].size() == 4);  // query blocks
   }
 
-  Result dense_only = run_strata("bench attention --device cpu --only dense --lengths 64 --head-dims 16", scratch);
+  Result dense_only = run_strata("bench attention --device cpu --only dense --lengths 64 --head-dims 16");
   REQUIRE_MESSAGE(dense_only.exit_code == 0, dense_only.err);
   CHECK(has_line_starting(dense_only.out, "attention forward full L=64 D=16 B=2 H=4"));
   CHECK(dense_only.out.find("attention sparse") == std::string::npos);
@@ -214,7 +196,7 @@ TEST_CASE("op attention writes the outputs and gradients of ops::attention") {
   for (bool causal : {false, true}) {
     CAPTURE(causal);
     write_inputs(scratch.path / "in.h5", inputs, causal, 0.4);
-    Result r = run_strata(fmt::format("op attention {0}/in.h5 {0}/out.h5", scratch.path.string()), scratch);
+    Result r = run_strata(fmt::format("op attention {0}/in.h5 {0}/out.h5", scratch.path.string()));
     REQUIRE_MESSAGE(r.exit_code == 0, r.err);
     check_outputs(scratch.path / "out.h5", expected_outputs(inputs, causal, 0.4, nullptr));
   }
@@ -245,7 +227,7 @@ TEST_CASE("op attention with a CSR layout runs the block-sparse op") {
     writer.write_tensor("layout/column_indices", layout.column_indices());
     writer.commit();
   }
-  Result r = run_strata(fmt::format("op attention {0}/in.h5 {0}/out.h5", scratch.path.string()), scratch);
+  Result r = run_strata(fmt::format("op attention {0}/in.h5 {0}/out.h5", scratch.path.string()));
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
   check_outputs(scratch.path / "out.h5", expected_outputs(inputs, false, 0.4, &layout));
 }
@@ -253,7 +235,7 @@ TEST_CASE("op attention with a CSR layout runs the block-sparse op") {
 TEST_CASE("op attention names the file and the dataset of bad input on one line") {
   Scratch scratch("errors");
   fs::path in = scratch.path / "in.h5", out = scratch.path / "out.h5";
-  auto run = [&] { return run_strata(fmt::format("op attention {} {}", in.string(), out.string()), scratch); };
+  auto run = [&] { return run_strata(fmt::format("op attention {} {}", in.string(), out.string())); };
   auto check_error = [&](const Result& r, const std::vector<std::string>& parts) {
     CHECK(r.exit_code != 0);
     CHECK_MESSAGE(r.err.find('\n') == r.err.size() - 1, r.err);  // one line

@@ -13,6 +13,7 @@
 
 #include "strata/dist/communicator.h"
 #include "support/check.h"
+#include "support/network.h"
 
 using namespace strata;
 using namespace strata::dist;
@@ -29,17 +30,7 @@ std::string fresh_rendezvous_dir() {
   return dir.string();
 }
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof address;
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
+using testing::free_port;
 
 ConnectOptions options_for(int rank, int world_size, const std::string& dir,
                            std::chrono::milliseconds timeout = std::chrono::seconds(30)) {

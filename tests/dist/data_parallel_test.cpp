@@ -8,9 +8,7 @@
 //     under strata launch and without it; SIGTERM to the launcher stops every rank
 //     at the same step with a checkpoint; ranks with different recipes refuse to start.
 // Every process runs with OMP_NUM_THREADS=1: two ranks share the CI machine's cores.
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,11 +18,12 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
-#include <sstream>
 #include <thread>
 
 #include "strata/checkpoint/h5file.h"
 #include "support/check.h"
+#include "support/cli.h"
+#include "support/network.h"
 
 namespace fs = std::filesystem;
 using namespace strata;
@@ -32,90 +31,26 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-std::string binary() {
-  const char* path = std::getenv("STRATA_BINARY");
-  REQUIRE_MESSAGE(path != nullptr, "STRATA_BINARY is not set (run through ctest)");
-  return path;
+using testing::BackgroundProcess;
+using testing::ensure_bible;
+using testing::free_port;
+using testing::losses;
+using testing::metrics;
+using testing::rewind;
+using testing::slurp;
+using testing::wait_for;
+using Result = testing::CommandResult;
+
+// Every strata process of these tests runs with one OpenMP thread (two ranks share
+// the machine's cores), its output kept under build/test-runs/dist-logs/<name>.
+BackgroundProcess start_strata(const std::string& arguments, const std::string& name) {
+  return testing::start_strata(arguments, "build/test-runs/dist-logs", name, "OMP_NUM_THREADS=1");
 }
-
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// A strata process started in the background, its output going to files.
-struct Process {
-  pid_t pid = -1;
-  fs::path out, err;
-};
-
-Process start_strata(const std::string& arguments, const std::string& name) {
-  fs::path logs = fs::path("build/test-runs/dist-logs");
-  fs::create_directories(logs);
-  Process p{-1, logs / (name + ".out"), logs / (name + ".err")};
-  std::string command = fmt::format("OMP_NUM_THREADS=1 exec {} {} >{} 2>{}", binary(), arguments, p.out.string(),
-                                    p.err.string());
-  p.pid = fork();
-  REQUIRE(p.pid >= 0);
-  if (p.pid == 0) {
-    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  return p;
-}
-
-// The exit code (128 + signal when killed), or -1 after `limit` (the process is then killed).
-int wait_for(const Process& p, std::chrono::seconds limit) {
-  auto deadline = Clock::now() + limit;
-  while (Clock::now() < deadline) {
-    int status = 0;
-    if (waitpid(p.pid, &status, WNOHANG) == p.pid)
-      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  kill(p.pid, SIGKILL);
-  waitpid(p.pid, nullptr, 0);
-  return -1;
-}
-
-struct Result {
-  int exit_code;
-  std::string out, err;
-};
 
 Result run_strata(const std::string& arguments, const std::string& name) {
-  Process p = start_strata(arguments, name);
+  BackgroundProcess p = start_strata(arguments, name);
   int code = wait_for(p, std::chrono::seconds(600));
   return Result{code, slurp(p.out), slurp(p.err)};
-}
-
-std::vector<nlohmann::json> metrics(const fs::path& run) {
-  std::vector<nlohmann::json> records;
-  std::ifstream in(run / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) records.push_back(nlohmann::json::parse(line));
-  return records;
-}
-
-std::map<int64_t, double> losses(const fs::path& run) {
-  std::map<int64_t, double> by_step;
-  for (const auto& r : metrics(run))
-    if (r.contains("loss")) by_step[r["step"].get<int64_t>()] = r["loss"].get<double>();
-  return by_step;
-}
-
-// Keeps the metrics of steps <= step and the checkpoints up to it: the run as it
-// was when it stopped there.
-void rewind(const fs::path& run, int64_t step) {
-  std::vector<nlohmann::json> kept;
-  for (const auto& m : metrics(run))
-    if (m["step"].get<int64_t>() <= step) kept.push_back(m);
-  std::ofstream rewrite(run / "metrics.jsonl");
-  for (const auto& m : kept) rewrite << m.dump() << '\n';
-  for (const auto& entry : fs::directory_iterator(run / "checkpoints"))
-    if (entry.path().filename().string() > fmt::format("step_{:08d}.h5", step)) fs::remove(entry.path());
 }
 
 std::map<std::string, std::vector<float>> parameters(const fs::path& checkpoint) {
@@ -123,12 +58,6 @@ std::map<std::string, std::vector<float>> parameters(const fs::path& checkpoint)
   std::map<std::string, std::vector<float>> out;
   for (const std::string& name : reader.list("/model")) out[name] = reader.read_tensor(name).to_vector<float>();
   return out;
-}
-
-void ensure_bible() {
-  if (fs::exists("data/generated/bible_kjv/train.bin")) return;
-  Result r = run_strata("prepare bible_kjv", "prepare");
-  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
 }
 
 // A tiny Transformer on the King James bytes under build/test-runs/<name>, with
@@ -306,25 +235,13 @@ pid_t rank_pid(const std::string& rank_table, int rank) {
   return std::stoi(match[1]);
 }
 
-int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof address;
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0);
-  close(fd);
-  return ntohs(address.sin_port);
-}
-
 }  // namespace
 
 TEST_CASE("a killed rank makes strata launch stop the others and exit non-zero within 60 s") {
   ensure_bible();
   fs::path run = "build/test-runs/dist-killed";
-  Process launcher = start_strata(on_two_ranks("train " + tiny("dist-killed", "train.steps=100000 train.batch_size=4")),
-                                  "killed");
+  BackgroundProcess launcher =
+      start_strata(on_two_ranks("train " + tiny("dist-killed", "train.steps=100000 train.batch_size=4")), "killed");
   wait_for_steps(run, 2);
   pid_t victim = rank_pid(slurp(launcher.out), 1);
   auto killed_at = Clock::now();
@@ -342,8 +259,8 @@ TEST_CASE("without a launcher, the surviving rank notices the dead one and exits
   fs::path run = "build/test-runs/dist-orphan";
   std::string recipe = tiny("dist-orphan", "train.steps=100000 train.batch_size=4 dist.timeout_s=30");
   std::string flags = fmt::format("--world-size 2 --store-port {}", free_port());
-  Process rank0 = start_strata(fmt::format("train {} --rank 0 {}", recipe, flags), "orphan0");
-  Process rank1 = start_strata(fmt::format("train {} --rank 1 {}", recipe, flags), "orphan1");
+  BackgroundProcess rank0 = start_strata(fmt::format("train {} --rank 0 {}", recipe, flags), "orphan0");
+  BackgroundProcess rank1 = start_strata(fmt::format("train {} --rank 1 {}", recipe, flags), "orphan1");
   wait_for_steps(run, 2);
   REQUIRE(kill(rank1.pid, SIGKILL) == 0);
   waitpid(rank1.pid, nullptr, 0);
@@ -358,8 +275,8 @@ TEST_CASE("without a launcher, the surviving rank notices the dead one and exits
 TEST_CASE("SIGTERM to strata launch stops every rank at the same step with a checkpoint, exit 0") {
   ensure_bible();
   fs::path run = "build/test-runs/dist-sigterm";
-  Process launcher = start_strata(on_two_ranks("train " + tiny("dist-sigterm", "train.steps=100000 train.batch_size=4")),
-                                  "sigterm");
+  BackgroundProcess launcher =
+      start_strata(on_two_ranks("train " + tiny("dist-sigterm", "train.steps=100000 train.batch_size=4")), "sigterm");
   wait_for_steps(run, 3);
   REQUIRE(kill(launcher.pid, SIGTERM) == 0);
   CHECK(wait_for(launcher, std::chrono::seconds(60)) == 0);
@@ -379,9 +296,9 @@ TEST_CASE("ranks started with different recipes refuse to train, naming the rank
   ensure_bible();
   std::string flags = fmt::format("--world-size 2 --store-port {}", free_port());
   std::string recipe = tiny("dist-mismatch", "train.steps=3");
-  Process rank0 = start_strata(fmt::format("train {} --rank 0 {}", recipe, flags), "mismatch0");
-  Process rank1 = start_strata(fmt::format("train {} optim.lr=0.01 --rank 1 {}", recipe, flags), "mismatch1");
-  for (const Process& p : {rank0, rank1}) {
+  BackgroundProcess rank0 = start_strata(fmt::format("train {} --rank 0 {}", recipe, flags), "mismatch0");
+  BackgroundProcess rank1 = start_strata(fmt::format("train {} optim.lr=0.01 --rank 1 {}", recipe, flags), "mismatch1");
+  for (const BackgroundProcess& p : {rank0, rank1}) {
     CHECK(wait_for(p, std::chrono::seconds(120)) == 1);
     CHECK(slurp(p.err).find("the resolved recipe of rank(s) 1 differs from rank 0's") != std::string::npos);
   }

@@ -23,6 +23,7 @@
 #include "strata/dist/data_parallel.h"
 #include "strata/dist/launch.h"
 #include "support/check.h"
+#include "support/cli.h"
 
 namespace fs = std::filesystem;
 using namespace strata;
@@ -144,55 +145,13 @@ TEST_CASE(kOrdering) {
 
 namespace {
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using testing::BackgroundProcess;
+using testing::losses;
+using testing::slurp;
+using testing::wait_for;
 
-struct Process {
-  pid_t pid = -1;
-  fs::path out, err;
-};
-
-Process start_strata(const std::string& arguments, const std::string& name) {
-  const char* binary = std::getenv("STRATA_BINARY");
-  REQUIRE_MESSAGE(binary != nullptr, "STRATA_BINARY is not set");
-  fs::path logs = "build/test-runs/nccl-logs";
-  fs::create_directories(logs);
-  Process p{-1, logs / (name + ".out"), logs / (name + ".err")};
-  std::string command = fmt::format("exec {} {} >{} 2>{}", binary, arguments, p.out.string(), p.err.string());
-  p.pid = fork();
-  REQUIRE(p.pid >= 0);
-  if (p.pid == 0) {
-    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  return p;
-}
-
-int wait_for(const Process& p, std::chrono::seconds limit) {
-  auto deadline = Clock::now() + limit;
-  while (Clock::now() < deadline) {
-    int status = 0;
-    if (waitpid(p.pid, &status, WNOHANG) == p.pid)
-      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  kill(p.pid, SIGKILL);
-  waitpid(p.pid, nullptr, 0);
-  return -1;
-}
-
-std::map<int64_t, double> losses(const fs::path& run) {
-  std::map<int64_t, double> by_step;
-  std::ifstream in(run / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto r = nlohmann::json::parse(line);
-    if (r.contains("loss")) by_step[r["step"].get<int64_t>()] = r["loss"].get<double>();
-  }
-  return by_step;
+BackgroundProcess start_strata(const std::string& arguments, const std::string& name) {
+  return testing::start_strata(arguments, "build/test-runs/nccl-logs", name);
 }
 
 // A tiny Transformer on induction heads (generated from a seed: no data to
@@ -216,9 +175,10 @@ std::string recipe(const std::string& name, const std::string& extra) {
 
 TEST_CASE("NCCL data parallelism: N GPUs with batch 4 each train like 1 GPU with batch 4N") {
   int gpus = gpus_for_test();
-  Process single = start_strata("train " + recipe("nccl-single", fmt::format("train.batch_size={}", 4 * gpus)), "single");
+  BackgroundProcess single =
+      start_strata("train " + recipe("nccl-single", fmt::format("train.batch_size={}", 4 * gpus)), "single");
   REQUIRE_MESSAGE(wait_for(single, std::chrono::seconds(300)) == 0, slurp(single.err));
-  Process many = start_strata(
+  BackgroundProcess many = start_strata(
       fmt::format("launch --nproc-per-node {} -- train {}", gpus, recipe("nccl-many", "train.batch_size=4")), "many");
   REQUIRE_MESSAGE(wait_for(many, std::chrono::seconds(300)) == 0, slurp(many.err));
   CHECK(slurp(many.out).find(fmt::format("data parallel: {} ranks over nccl", gpus)) != std::string::npos);
@@ -250,7 +210,7 @@ TEST_CASE("NCCL: a killed rank ends the run in bounded time, with and without st
     }
   };
   SUBCASE("strata launch stops the others and exits non-zero") {
-    Process launcher = start_strata(
+    BackgroundProcess launcher = start_strata(
         fmt::format("launch --nproc-per-node {} -- train {}", gpus,
                     recipe("nccl-killed", "train.steps=1000000 train.batch_size=4")),
         "killed");
@@ -266,8 +226,8 @@ TEST_CASE("NCCL: a killed rank ends the run in bounded time, with and without st
   SUBCASE("alone, the survivors' watchdog aborts NCCL and they exit non-zero") {
     std::string flags = fmt::format("--world-size 2 --master-port {}", 20000 + getpid() % 20000);
     std::string args = recipe("nccl-orphan", "train.steps=1000000 train.batch_size=4 dist.timeout_s=20");
-    Process rank0 = start_strata(fmt::format("train {} --rank 0 --local-rank 0 {}", args, flags), "orphan0");
-    Process rank1 = start_strata(fmt::format("train {} --rank 1 --local-rank 1 {}", args, flags), "orphan1");
+    BackgroundProcess rank0 = start_strata(fmt::format("train {} --rank 0 --local-rank 0 {}", args, flags), "orphan0");
+    BackgroundProcess rank1 = start_strata(fmt::format("train {} --rank 1 --local-rank 1 {}", args, flags), "orphan1");
     wait_for_steps("build/test-runs/nccl-orphan", 3);
     REQUIRE(kill(rank1.pid, SIGKILL) == 0);
     waitpid(rank1.pid, nullptr, 0);

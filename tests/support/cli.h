@@ -1,18 +1,25 @@
-// Running the built strata program from tests: ctest sets STRATA_BINARY.
+// Running the built strata program from tests (ctest sets STRATA_BINARY), in the
+// foreground or the background, and reading what a training run wrote.
 #pragma once
 
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 namespace strata::testing {
 
@@ -46,6 +53,81 @@ inline CommandResult run_strata(const std::string& arguments) {
   CommandResult result{WIFEXITED(status) ? WEXITSTATUS(status) : 128, slurp(dir / "out"), slurp(dir / "err")};
   std::filesystem::remove_all(dir);
   return result;
+}
+
+// A strata program running in the background; its stdout and stderr go to the
+// files `out` and `err`, which stay for the test to read after it ends.
+struct BackgroundProcess {
+  pid_t pid = -1;
+  std::filesystem::path out, err;
+};
+
+// Starts `<environment> strata <arguments>` (environment: assignments such as
+// "OMP_NUM_THREADS=1", or none) with its output in <log_dir>/<name>.out and .err.
+inline BackgroundProcess start_strata(const std::string& arguments, const std::filesystem::path& log_dir,
+                                      const std::string& name, const std::string& environment = "") {
+  std::filesystem::create_directories(log_dir);
+  BackgroundProcess p{-1, log_dir / (name + ".out"), log_dir / (name + ".err")};
+  std::string command =
+      fmt::format("{} exec {} {} >{} 2>{}", environment, binary(), arguments, p.out.string(), p.err.string());
+  p.pid = fork();
+  REQUIRE(p.pid >= 0);
+  if (p.pid == 0) {
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return p;
+}
+
+// The exit code (128 + signal when killed), or -1 after `limit` (the process is then killed).
+inline int wait_for(const BackgroundProcess& p, std::chrono::seconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status = 0;
+    if (waitpid(p.pid, &status, WNOHANG) == p.pid)
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(p.pid, SIGKILL);
+  waitpid(p.pid, nullptr, 0);
+  return -1;
+}
+
+// The records of <run>/metrics.jsonl, one per logged step or evaluation.
+inline std::vector<nlohmann::json> metrics(const std::filesystem::path& run) {
+  std::vector<nlohmann::json> records;
+  std::ifstream in(run / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) records.push_back(nlohmann::json::parse(line));
+  return records;
+}
+
+// The training losses logged, keyed by step.
+inline std::map<int64_t, double> losses(const std::filesystem::path& run) {
+  std::map<int64_t, double> by_step;
+  for (const auto& r : metrics(run))
+    if (r.contains("loss")) by_step[r["step"].get<int64_t>()] = r["loss"].get<double>();
+  return by_step;
+}
+
+// Keeps the metrics of steps <= step and the checkpoints up to it: the run as it
+// was when it stopped there.
+inline void rewind(const std::filesystem::path& run, int64_t step) {
+  std::vector<nlohmann::json> kept;
+  for (const auto& m : metrics(run))
+    if (m["step"].get<int64_t>() <= step) kept.push_back(m);
+  std::ofstream rewrite(run / "metrics.jsonl");
+  for (const auto& m : kept) rewrite << m.dump() << '\n';
+  for (const auto& entry : std::filesystem::directory_iterator(run / "checkpoints"))
+    if (entry.path().filename().string() > fmt::format("step_{:08d}.h5", step))
+      std::filesystem::remove(entry.path());
+}
+
+// The King James bytes under data/generated/bible_kjv, prepared once for every test that trains on them.
+inline void ensure_bible() {
+  if (std::filesystem::exists("data/generated/bible_kjv/train.bin")) return;
+  CommandResult r = run_strata("prepare bible_kjv");
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
 }
 
 }  // namespace strata::testing

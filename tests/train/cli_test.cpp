@@ -23,28 +23,16 @@ namespace {
 using Result = strata::testing::CommandResult;
 using strata::testing::run_strata;
 
-using strata::testing::binary;
+using strata::testing::BackgroundProcess;
+using strata::testing::ensure_bible;
+using strata::testing::losses;
+using strata::testing::metrics;
+using strata::testing::rewind;
+using strata::testing::wait_for;
 
-std::vector<nlohmann::json> metrics(const fs::path& run) {
-  std::vector<nlohmann::json> records;
-  std::ifstream in(run / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) records.push_back(nlohmann::json::parse(line));
-  return records;
-}
-
-// Losses logged at each step, keyed by step.
-std::map<int64_t, double> losses(const fs::path& run) {
-  std::map<int64_t, double> by_step;
-  for (const auto& r : metrics(run))
-    if (r.contains("loss")) by_step[r["step"].get<int64_t>()] = r["loss"].get<double>();
-  return by_step;
-}
-
-void ensure_bible() {
-  if (fs::exists("data/generated/bible_kjv/train.bin")) return;
-  Result r = run_strata("prepare bible_kjv");
-  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+// A strata program in the background, its output under build/test-runs/cli-logs/<name>.
+BackgroundProcess start_strata(const std::string& arguments, const std::string& name) {
+  return strata::testing::start_strata(arguments, "build/test-runs/cli-logs", name);
 }
 
 // A tiny Transformer on the King James bytes, run under build/test-runs/<name>.
@@ -120,13 +108,7 @@ TEST_CASE("resume from a checkpoint reproduces the uninterrupted run bit for bit
   REQUIRE(uninterrupted.size() == 20);
 
   // Forget everything after step 10 and continue from the step-10 checkpoint alone.
-  fs::remove(run / "checkpoints/step_00000020.h5");
-  std::vector<nlohmann::json> kept;
-  for (const auto& m : metrics(run))
-    if (m["step"].get<int64_t>() <= 10) kept.push_back(m);
-  std::ofstream rewrite(run / "metrics.jsonl");
-  for (const auto& m : kept) rewrite << m.dump() << '\n';
-  rewrite.close();
+  rewind(run, 10);
 
   r = run_strata("resume " + run.string());
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
@@ -165,21 +147,12 @@ TEST_CASE("SIGTERM finishes the step, writes a loadable checkpoint and exits 0")
   ensure_bible();
   fs::path run = "build/test-runs/sigterm";
   fs::remove_all(run);
-  std::string command = fmt::format("exec {} train {} >/dev/null 2>&1", binary(), tiny("sigterm", "train.steps=100000"));
-  pid_t child = fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  BackgroundProcess training = start_strata("train " + tiny("sigterm", "train.steps=100000"), "sigterm");
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   while (metrics(run).size() < 3 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  kill(child, SIGTERM);
-  int status = 0;
-  waitpid(child, &status, 0);
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+  kill(training.pid, SIGTERM);
+  CHECK_MESSAGE(wait_for(training, std::chrono::seconds(120)) == 0, strata::testing::slurp(training.err));
   std::vector<fs::path> checkpoints;
   for (const auto& e : fs::directory_iterator(run / "checkpoints")) checkpoints.push_back(e.path());
   REQUIRE(checkpoints.size() == 1);
@@ -192,19 +165,13 @@ TEST_CASE("kill -9 at any moment leaves only checkpoints that load") {
   fs::path run = "build/test-runs/kill9";
   fs::remove_all(run);
   // A checkpoint every step, so the kill lands during or between writes.
-  std::string command = fmt::format("exec {} train {} >/dev/null 2>&1", binary(),
-                                    tiny("kill9", "train.steps=100000 train.checkpoint_every=1 train.keep_checkpoints=2"));
-  pid_t child = fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  BackgroundProcess training = start_strata(
+      "train " + tiny("kill9", "train.steps=100000 train.checkpoint_every=1 train.keep_checkpoints=2"), "kill9");
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   while (metrics(run).size() < 5 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(37));
-  kill(child, SIGKILL);
-  waitpid(child, nullptr, 0);
+  kill(training.pid, SIGKILL);
+  waitpid(training.pid, nullptr, 0);
   int64_t logged = static_cast<int64_t>(losses(run).size());
   Result r = run_strata("resume " + run.string() + fmt::format(" train.steps={}", logged + 2));
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
