@@ -10,6 +10,7 @@
 // tie_embeddings, activation_checkpointing.
 #include <cmath>
 
+#include "models/gpt_blocks.h"
 #include "strata/autograd/autograd.h"
 #include "strata/models/model.h"
 #include "strata/nn/layers.h"
@@ -44,52 +45,13 @@ struct TransformerOptions {
   }
 };
 
-std::shared_ptr<nn::Module> make_norm(const TransformerOptions& o) {
-  if (o.norm == "rmsnorm") return std::make_shared<nn::RMSNorm>(o.d_model);
-  return std::make_shared<nn::LayerNorm>(o.d_model);
-}
-
-Tensor apply_norm(const std::shared_ptr<nn::Module>& norm, const Tensor& x) {
-  if (auto* rms = dynamic_cast<nn::RMSNorm*>(norm.get())) return rms->forward(x);
-  return static_cast<nn::LayerNorm*>(norm.get())->forward(x);
-}
-
-class CausalSelfAttention : public nn::Module {
- public:
-  CausalSelfAttention(const TransformerOptions& o, Generator& generator)
-      : n_heads_(o.n_heads), d_head_(o.d_model / o.n_heads), dropout_(o.dropout) {
-    qkv_ = register_module("qkv", std::make_shared<nn::Linear>(o.d_model, 3 * o.d_model, true, generator));
-    out_ = register_module("out", std::make_shared<nn::Linear>(o.d_model, o.d_model, true, generator));
-  }
-
-  // x (batch, length, d_model) -> (batch, length, d_model)
-  Tensor forward(const Tensor& x) {
-    int64_t batch = x.size(0), length = x.size(1), d_model = x.size(2);
-    // (batch, length, 3, heads, d_head) -> 3 x (batch, heads, length, d_head)
-    Tensor qkv = ops::reshape(qkv_->forward(x), {batch, length, 3, n_heads_, d_head_});
-    qkv = ops::permute(qkv, {2, 0, 3, 1, 4});
-    std::vector<Tensor> parts = ops::split(qkv, {1, 1, 1}, 0);
-    Tensor q = ops::squeeze(parts[0], 0), k = ops::squeeze(parts[1], 0), v = ops::squeeze(parts[2], 0);
-    Tensor scores = ops::mul(ops::matmul(q, ops::transpose(k, -2, -1)), 1.0 / std::sqrt(static_cast<double>(d_head_)));
-    scores = ops::masked_fill(scores, ops::causal_mask(length, x.device()), -INFINITY);
-    Tensor probabilities = ops::dropout(ops::softmax(scores, -1), dropout_, is_training());
-    Tensor context = ops::matmul(probabilities, v);  // (batch, heads, length, d_head)
-    context = ops::reshape(ops::permute(context, {0, 2, 1, 3}), {batch, length, d_model});
-    return ops::dropout(out_->forward(context), dropout_, is_training());
-  }
-
- private:
-  int64_t n_heads_, d_head_;
-  double dropout_;
-  std::shared_ptr<nn::Linear> qkv_, out_;
-};
-
 class TransformerBlock : public nn::Module {
  public:
   TransformerBlock(const TransformerOptions& o, Generator& generator) : dropout_(o.dropout) {
-    attention_norm_ = register_module("attention_norm", make_norm(o));
-    attention_ = register_module("attention", std::make_shared<CausalSelfAttention>(o, generator));
-    mlp_norm_ = register_module("mlp_norm", make_norm(o));
+    attention_norm_ = register_module("attention_norm", make_norm(o.norm, o.d_model));
+    attention_ =
+        register_module("attention", std::make_shared<CausalSelfAttention>(o.d_model, o.n_heads, o.dropout, generator));
+    mlp_norm_ = register_module("mlp_norm", make_norm(o.norm, o.d_model));
     if (o.mlp == "swiglu") {
       gated_mlp_ = register_module("mlp", std::make_shared<nn::GatedMLP>(o.d_model, o.mlp_hidden, false, generator));
     } else {
@@ -120,7 +82,7 @@ class TransformerLM : public Model {
         register_module("position_embedding", std::make_shared<nn::Embedding>(o.max_length, o.d_model, generator));
     layers_ = register_module("layers", std::make_shared<nn::ModuleList>());
     for (int64_t i = 0; i < o.n_layers; ++i) layers_->push_back(std::make_shared<TransformerBlock>(o, generator));
-    final_norm_ = register_module("final_norm", make_norm(o));
+    final_norm_ = register_module("final_norm", make_norm(o.norm, o.d_model));
     if (!o.tie_embeddings)
       head_ = register_module("head", std::make_shared<nn::Linear>(o.d_model, o.vocab_size, false, generator));
   }
