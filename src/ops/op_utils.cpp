@@ -34,6 +34,15 @@ void check_index_dtype(const char* op, const Tensor& index) {
                "{}: index {} must be int32 or int64", op, index.str());
 }
 
+void check_rank(const char* op, const char* name, const Tensor& t, int rank, const char* layout) {
+  STRATA_CHECK(t.dim() == rank, "{}: {} {} must be {}", op, name, t.str(), layout);
+}
+
+void check_shape(const char* op, const char* name, const Tensor& t, const Shape& expected, const char* layout) {
+  STRATA_CHECK(t.shape() == expected, "{}: {} {} must have shape {} {}", op, name, t.str(), shape_str(expected),
+               layout);
+}
+
 Shape broadcast_shape(const char* op, const Shape& a, const Shape& b) {
   size_t n = std::max(a.size(), b.size());
   Shape out(n);

@@ -20,6 +20,19 @@ void check_same_dtype(const char* op, const Tensor& a, const Tensor& b);
 // the CPU, float32/bfloat16 on CUDA.
 void check_compute_dtype(const char* op, const Tensor& t);
 void check_index_dtype(const char* op, const Tensor& index);
+// t has `rank` dims / the shape `expected`; layout, e.g. "(batch, length, heads)",
+// names the dims in the message.
+void check_rank(const char* op, const char* name, const Tensor& t, int rank, const char* layout);
+void check_shape(const char* op, const char* name, const Tensor& t, const Shape& expected, const char* layout);
+
+// Calls run(float{}) or run(double{}): the CPU kernels' element type for `dtype`.
+template <class Run>
+void for_cpu_dtype(DType dtype, Run&& run) {
+  if (dtype == DType::Float32)
+    run(float{});
+  else
+    run(double{});
+}
 
 // The broadcast shape of a and b, or an error naming the op and both shapes.
 Shape broadcast_shape(const char* op, const Shape& a, const Shape& b);

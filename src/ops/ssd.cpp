@@ -11,6 +11,7 @@
 #include "kernels/ssd/gated_rms_norm_cpu.h"
 #include "kernels/ssd/ssd_cpu.h"
 #include "ops/op_utils.h"
+#include "ops/state_space_utils.h"
 #include "strata/autograd/autograd.h"
 
 #ifdef STRATA_WITH_CUDA
@@ -26,50 +27,16 @@ using kernels::SsdGrads;
 using kernels::SsdInputs;
 using kernels::SsdSizes;
 
-void check_shape(const char* op, const char* name, const Tensor& t, const Shape& expected, const char* layout) {
-  STRATA_CHECK(t.shape() == expected, "{}: {} {} must have shape {} {}", op, name, t.str(), shape_str(expected),
-               layout);
-}
-
-void check_rank(const char* op, const char* name, const Tensor& t, int rank, const char* layout) {
-  STRATA_CHECK(t.dim() == rank, "{}: {} {} must be {}", op, name, t.str(), layout);
-}
-
-// An activation: the device and dtype of x.
-void check_activation(const char* op, const char* name, const Tensor& t, const Tensor& x) {
-  detail::check_same_device(op, x, t);
-  STRATA_CHECK(t.dtype() == x.dtype(), "{}: {} {} must have the dtype of x ({})", op, name, t.str(),
-               dtype_name(x.dtype()));
-}
-
-// A parameter or state: the device of x, x's dtype or float32.
-void check_parameter(const char* op, const char* name, const Tensor& t, const Tensor& x) {
-  detail::check_same_device(op, x, t);
-  STRATA_CHECK(t.dtype() == x.dtype() || t.dtype() == DType::Float32, "{}: {} {} must be {} or float32", op, name,
-               t.str(), dtype_name(x.dtype()));
-}
-
-// The dtype the kernels keep parameters, states and their gradients in.
-DType parameter_dtype_for(DType activation) { return activation == DType::Float64 ? DType::Float64 : DType::Float32; }
-
-// The copies a tape node keeps: contiguous, without autograd history.
-Tensor prepared(const Tensor& t, DType dtype) { return t.defined() ? t.to(dtype).contiguous().detach() : Tensor(); }
-Tensor kept(const Tensor& t) { return t.defined() ? t.contiguous().detach() : Tensor(); }
-
-template <class T>
-T* pointer(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-void* raw_pointer(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
-
-// Calls run(float{}) or run(double{}): the CPU kernels' element type for `dtype`.
-template <class Run>
-void for_cpu_dtype(DType dtype, Run&& run) {
-  if (dtype == DType::Float32)
-    run(float{});
-  else
-    run(double{});
-}
+using detail::check_activation;
+using detail::check_parameter;
+using detail::check_rank;
+using detail::check_shape;
+using detail::for_cpu_dtype;
+using detail::kept;
+using detail::pointer;
+using detail::prepared;
+using detail::raw_pointer;
+using detail::state_dtype_for;
 
 // ---- chunked SSD ------------------------------------------------------------------
 
@@ -113,9 +80,9 @@ SsdSizes check_ssd_arguments(const Tensor& x, const Tensor& dt, const Tensor& A,
     check_shape(op, "initial_state", options.initial_state, state_shape, "(batch, heads, head_dim, d_state)");
 
   detail::check_compute_dtype(op, x);
-  check_activation(op, "dt", dt, x);
-  check_activation(op, "B", B, x);
-  check_activation(op, "C", C, x);
+  check_activation(op, "dt", dt, x, "x");
+  check_activation(op, "B", B, x, "x");
+  check_activation(op, "C", C, x, "x");
   check_parameter(op, "A", A, x);
   if (options.D.defined()) check_parameter(op, "D", options.D, x);
   if (options.dt_bias.defined()) check_parameter(op, "dt_bias", options.dt_bias, x);
@@ -157,7 +124,7 @@ void ssd_forward(const SsdSizes& sizes, const SsdTensors& t, const Tensor& y, co
 std::vector<Tensor> ssd_backward(const SsdSizes& sizes, const SsdTensors& t, const Tensor& grad_y,
                                  const Tensor& grad_final_state, const std::vector<DType>& original_dtypes) {
   const Device device = t.x.device();
-  const DType value_dtype = t.x.dtype(), param_dtype = parameter_dtype_for(value_dtype);
+  const DType value_dtype = t.x.dtype(), param_dtype = state_dtype_for(value_dtype);
   Tensor grad_out = grad_y.to(value_dtype).contiguous();
   Tensor grad_final = prepared(grad_final_state, param_dtype);
   auto like = [&](const Tensor& input, DType dtype) {
@@ -210,11 +177,11 @@ NormSizes check_norm_arguments(const Tensor& x, const Tensor& z, const Tensor& w
                x.str());
   if (z.defined()) {
     STRATA_CHECK(z.shape() == x.shape(), "{}: z {} must have the shape of x {}", op, z.str(), x.str());
-    check_activation(op, "z", z, x);
+    check_activation(op, "z", z, x, "x");
   }
   if (weight.defined()) {
     check_shape(op, "weight", weight, {sizes.dim}, "(dim)");
-    check_activation(op, "weight", weight, x);
+    check_activation(op, "weight", weight, x, "x");
   }
   return sizes;
 }
@@ -252,7 +219,7 @@ SsdResult ssd_chunked(const Tensor& x, const Tensor& dt, const Tensor& A, const 
                       const SsdOptions& options) {
   const SsdSizes sizes = check_ssd_arguments(x, dt, A, B, C, options);
   const Device device = x.device();
-  const DType param_dtype = parameter_dtype_for(x.dtype());
+  const DType param_dtype = state_dtype_for(x.dtype());
   SsdTensors saved{kept(x),
                    kept(dt),
                    prepared(A, param_dtype),
@@ -284,7 +251,7 @@ SsdResult ssd_chunked(const Tensor& x, const Tensor& dt, const Tensor& A, const 
 Tensor gated_rms_norm(const Tensor& x, const Tensor& z, const Tensor& weight, double eps, int64_t group_size) {
   const NormSizes sizes = check_norm_arguments(x, z, weight, group_size);
   const Device device = x.device();
-  const DType stats_dtype = parameter_dtype_for(x.dtype());
+  const DType stats_dtype = state_dtype_for(x.dtype());
   Tensor x_saved = kept(x), z_saved = kept(z), weight_saved = kept(weight);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), device);
   Tensor rstd = Tensor::empty({sizes.rows, sizes.dim / sizes.group_size}, stats_dtype, device);

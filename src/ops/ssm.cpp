@@ -14,6 +14,7 @@
 #include "kernels/causal_conv1d/causal_conv1d_cpu.h"
 #include "kernels/selective_scan/selective_scan_cpu.h"
 #include "ops/op_utils.h"
+#include "ops/state_space_utils.h"
 #include "strata/autograd/autograd.h"
 #include "strata/ops/ops.h"
 
@@ -32,52 +33,16 @@ using kernels::SelectiveScanInputs;
 using kernels::SelectiveScanOutputs;
 using kernels::SelectiveScanSizes;
 
-// ---- argument checks ------------------------------------------------------------
-
-void check_rank(const char* op, const char* name, const Tensor& t, int rank, const char* layout) {
-  STRATA_CHECK(t.dim() == rank, "{}: {} {} must be {}", op, name, t.str(), layout);
-}
-
-void check_shape(const char* op, const char* name, const Tensor& t, const Shape& expected, const char* layout) {
-  STRATA_CHECK(t.shape() == expected, "{}: {} {} must have shape {} {}", op, name, t.str(), shape_str(expected),
-               layout);
-}
-
-// An activation: same device and dtype as the reference activation.
-void check_activation(const char* op, const char* name, const Tensor& t, const Tensor& reference,
-                      const char* reference_name) {
-  detail::check_same_device(op, reference, t);
-  STRATA_CHECK(t.dtype() == reference.dtype(), "{}: {} {} must have the dtype of {} ({})", op, name, t.str(),
-               reference_name, dtype_name(reference.dtype()));
-}
-
-// A parameter or state: same device as the activations, their dtype or float32.
-void check_parameter(const char* op, const char* name, const Tensor& t, const Tensor& reference) {
-  detail::check_same_device(op, reference, t);
-  STRATA_CHECK(t.dtype() == reference.dtype() || t.dtype() == DType::Float32, "{}: {} {} must be {}{}", op, name,
-               t.str(), reference.dtype() == DType::Float32 ? "" : dtype_name(reference.dtype()),
-               reference.dtype() == DType::Float32 ? "float32" : " or float32");
-}
-
-// The dtype the kernels keep parameters, states and summed gradients in.
-DType state_dtype_for(DType activation) { return activation == DType::Float64 ? DType::Float64 : DType::Float32; }
-
-Tensor prepared(const Tensor& t, DType dtype) { return t.defined() ? t.to(dtype).contiguous() : Tensor(); }
-
-template <class T>
-T* pointer(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-void* raw_pointer(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
-
-// Calls run(float{}) or run(double{}): the CPU kernels' element type for `dtype`.
-template <class Run>
-void for_cpu_dtype(DType dtype, Run&& run) {
-  if (dtype == DType::Float32)
-    run(float{});
-  else
-    run(double{});
-}
+using detail::check_activation;
+using detail::check_parameter;
+using detail::check_rank;
+using detail::check_shape;
+using detail::for_cpu_dtype;
+using detail::kept;
+using detail::pointer;
+using detail::prepared;
+using detail::raw_pointer;
+using detail::state_dtype_for;
 
 // ---- selective scan -------------------------------------------------------------
 
@@ -86,6 +51,21 @@ void for_cpu_dtype(DType dtype, Run&& run) {
 struct ScanTensors {
   Tensor u, delta, A, B, C, D, z, delta_bias, initial_state;
 };
+
+// The ScanTensors of the given inputs; optional ones may be undefined.
+ScanTensors kernel_tensors(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                           const Tensor& D, const Tensor& z, const Tensor& delta_bias, const Tensor& initial_state) {
+  const DType state_dtype = state_dtype_for(u.dtype());
+  return {kept(u),
+          kept(delta),
+          prepared(A, state_dtype),
+          kept(B),
+          kept(C),
+          prepared(D, state_dtype),
+          kept(z),
+          prepared(delta_bias, state_dtype),
+          prepared(initial_state, state_dtype)};
+}
 
 // Checks the arguments of selective_scan (with_length) or of one step (the same
 // shapes without the trailing length dim) and returns the sizes.
@@ -307,15 +287,8 @@ SelectiveScanResult scan_routes_folded(const char* op, const Tensor& u, const Te
 
   const Device device = u.device();
   const DType state_dtype = state_dtype_for(u.dtype());
-  ScanTensors saved{u.contiguous(),
-                    delta.contiguous(),
-                    prepared(A, state_dtype),
-                    B.contiguous(),
-                    C.contiguous(),
-                    prepared(options.D, state_dtype),
-                    options.z.defined() ? options.z.contiguous() : Tensor(),
-                    prepared(options.delta_bias, state_dtype),
-                    prepared(options.initial_state, state_dtype)};
+  ScanTensors saved = kernel_tensors(u, delta, A, B, C, options.D, options.z, options.delta_bias,
+                                     options.initial_state);
   std::vector<Tensor> inputs{u, delta, A, B, C, options.D, options.z, options.delta_bias, options.initial_state};
   const bool recording = autograd::needs_grad(inputs);
 
@@ -429,15 +402,7 @@ Tensor selective_scan_step(const Tensor& state, const Tensor& u, const Tensor& d
   STRATA_CHECK(!autograd::needs_grad({&state, &u, &delta, &A, &B, &C, &options.D, &options.z, &options.delta_bias}),
                "{}: is not differentiable (it updates its state in place); call it under autograd::NoGradGuard", op);
 
-  ScanTensors t{u.contiguous(),
-                delta.contiguous(),
-                prepared(A, state_dtype),
-                B.contiguous(),
-                C.contiguous(),
-                prepared(options.D, state_dtype),
-                options.z.defined() ? options.z.contiguous() : Tensor(),
-                prepared(options.delta_bias, state_dtype),
-                Tensor()};
+  ScanTensors t = kernel_tensors(u, delta, A, B, C, options.D, options.z, options.delta_bias, Tensor());
   Tensor y = Tensor::empty(u.shape(), u.dtype(), u.device());
   state.storage().bump_version();
   if (u.device().is_cpu()) {
