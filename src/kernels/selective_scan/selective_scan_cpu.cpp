@@ -3,23 +3,11 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/common/softplus_cpu.h"
+
 namespace strata::kernels {
 
 namespace {
-
-template <class T>
-T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
-// log(1 + exp(x)); x itself above 20, where the two differ by less than exp(-20).
-template <class T>
-T softplus(T x) {
-  return x > T(20) ? x : std::log1p(std::exp(x));
-}
-template <class T>
-T softplus_derivative(T x) {
-  return x > T(20) ? T(1) : sigmoid(x);
-}
 
 // Threads pay off from about 2^16 state updates; below that their start-up costs more.
 bool worth_threads(const SelectiveScanSizes& sizes) {

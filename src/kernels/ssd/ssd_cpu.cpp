@@ -4,23 +4,11 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/common/softplus_cpu.h"
+
 namespace strata::kernels {
 
 namespace {
-
-template <class T>
-T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
-// log(1 + exp(x)); x itself above 20, where the two differ by less than exp(-20).
-template <class T>
-T softplus(T x) {
-  return x > T(20) ? x : std::log1p(std::exp(x));
-}
-template <class T>
-T softplus_derivative(T x) {
-  return x > T(20) ? T(1) : sigmoid(x);
-}
 
 template <class T>
 T dot(const T* a, const T* b, int64_t n) {
