@@ -31,22 +31,10 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+import torch_timing
+
 BACKWARD_FLOPS_PER_FORWARD = 2.5
 NAME_WIDTH = 52
-
-
-def time_ms(work, iterations, warmup=3):
-    """Mean milliseconds of work() on the current CUDA stream (events around the loop)."""
-    for _ in range(warmup):
-        work()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iterations):
-        work()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iterations
 
 
 def forward_flops(batch, heads, length, head_dim, causal):
@@ -55,24 +43,9 @@ def forward_flops(batch, heads, length, head_dim, causal):
 
 
 def time_passes(forward, q, k, v, grad_out, iterations):
-    """(forward ms, backward ms): the forward without autograd; the backward replays
-    one recorded graph (retain_graph) with the input grads cleared, as Strata does."""
-    with torch.no_grad():
-        forward_ms = time_ms(forward, iterations)
-    for x in (q, k, v):
-        x.requires_grad_(True)
-    out = forward()
-
-    def backward():
-        for x in (q, k, v):
-            x.grad = None
-        out.backward(grad_out, retain_graph=True)
-
-    backward_ms = time_ms(backward, iterations)
-    for x in (q, k, v):
-        x.grad = None
-        x.requires_grad_(False)
-    return forward_ms, backward_ms
+    """(forward ms, backward ms) of an attention call on q, k, v (torch_timing.time_passes)."""
+    timer = lambda work: torch_timing.mean_cuda_ms(work, iterations)  # noqa: E731
+    return torch_timing.time_passes(forward, (q, k, v), grad_out, timer)
 
 
 def make_inputs(batch, heads, length, head_dim, generator):
@@ -90,7 +63,7 @@ def measure_gemm_limit(iterations):
     n = 8192
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    ms = time_ms(lambda: torch.matmul(a, b), iterations)
+    ms = torch_timing.mean_cuda_ms(lambda: torch.matmul(a, b), iterations)
     tflops = 2.0 * n**3 / (ms * 1e-3) / 1e12
     name = f"torch.matmul {n}x{n}x{n} bfloat16"
     print(f"{name:<{NAME_WIDTH}} {ms:9.3f} ms  {tflops:8.1f} TFLOP/s  (cuBLAS, the limit below)", flush=True)
@@ -119,9 +92,6 @@ def dense(configs, iterations, limit, generator):
             except RuntimeError as error:  # the backend does not take these shapes here
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 print(f"sdpa[{backend_name}] {shape}: unavailable ({first_line[:100]})", flush=True)
-                for x in (q, k, v):
-                    x.grad = None
-                    x.requires_grad_(False)
                 continue
             print_rate(f"sdpa[{backend_name}] forward {shape}", forward_ms, flops, limit)
             print_rate(f"sdpa[{backend_name}] backward {shape}", backward_ms, BACKWARD_FLOPS_PER_FORWARD * flops, limit)

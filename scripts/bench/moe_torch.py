@@ -24,19 +24,7 @@ import re
 import torch
 import torch.nn.functional as F
 
-
-def time_ms(work, iterations, warmup=3):
-    """Mean milliseconds of work() on the current CUDA stream (events around the loop)."""
-    for _ in range(warmup):
-        work()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iterations):
-        work()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iterations
+from torch_timing import mean_cuda_ms
 
 
 class MoELayer:
@@ -141,7 +129,7 @@ def main():
                     except RuntimeError as error:  # shapes or layouts this build's kernel refuses
                         print(f"torch._grouped_mm refused this configuration: {str(error).splitlines()[0]}")
                 for name, grouped in strategies:
-                    ms = time_ms(lambda: step(grouped), args.iterations)
+                    ms = mean_cuda_ms(lambda: step(grouped), args.iterations)
                     line = f"{'moe layer fwd+bwd, ' + name:<46} {ms:9.3f} ms"
                     strata_ms = reference.get((experts, tokens, d_model))
                     if strata_ms:
