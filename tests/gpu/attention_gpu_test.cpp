@@ -32,7 +32,7 @@ struct GpuCase {
 std::vector<Tensor> make_inputs(const GpuCase& c, uint64_t seed) {
   std::vector<Tensor> inputs;
   auto add = [&](const Shape& shape, double low, double high) {
-    inputs.push_back(testing::random(shape, seed++, DType::Float64, low, high).set_requires_grad(true));
+    inputs.push_back(testing::leaf(shape, seed++, low, high));
   };
   add({c.batch, c.heads, c.length_q, c.head_dim}, -1.5, 1.5);
   add({c.batch, c.kv_heads, c.length_k, c.head_dim}, -1.5, 1.5);

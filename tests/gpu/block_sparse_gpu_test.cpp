@@ -31,7 +31,7 @@ std::vector<Tensor> make_inputs(const BlockLayout& layout, const SparseCase& c, 
   const int64_t batch = 2, length_q = layout.query_length(), length_k = layout.key_length();
   std::vector<Tensor> inputs;
   auto add = [&](const Shape& shape, double low, double high) {
-    inputs.push_back(testing::random(shape, seed++, DType::Float64, low, high).set_requires_grad(true));
+    inputs.push_back(testing::leaf(shape, seed++, low, high));
   };
   add({batch, c.heads, length_q, c.head_dim}, -1.5, 1.5);
   add({batch, c.kv_heads, length_k, c.head_dim}, -1.5, 1.5);

@@ -13,7 +13,7 @@ namespace {
 constexpr double kFloat32Tolerance = 1e-6;
 constexpr double kCopyBFloat16Tolerance = 8e-3;     // two roundings of 2^-9 (input, weight)
 constexpr double kScatterBFloat16Tolerance = 2e-2;  // a few ulps of 2^-8 after summing
-Tensor leaf(const Shape& shape, uint64_t seed) { return testing::random(shape, seed).set_requires_grad(true); }
+using testing::leaf;
 
 // Indices in [0, n) with plenty of repeats, int32 or int64.
 Tensor random_indices(const Shape& shape, int64_t n, uint64_t seed, DType dtype) {

@@ -33,7 +33,7 @@ struct GpuScanCase {
 std::vector<Tensor> make_inputs(const GpuScanCase& c, uint64_t seed) {
   std::vector<Tensor> inputs;
   auto add = [&](const Shape& shape, double low, double high) {
-    inputs.push_back(testing::random(shape, seed++, DType::Float64, low, high).set_requires_grad(true));
+    inputs.push_back(testing::leaf(shape, seed++, low, high));
   };
   const Shape activation{c.batch, c.d_inner, c.length}, bc{c.batch, c.groups, c.d_state, c.length};
   add(activation, -1.0, 1.0);               // u
@@ -132,7 +132,7 @@ std::vector<Tensor> make_route_inputs(int64_t batch, int64_t routes, int64_t d_i
                                       uint64_t seed) {
   std::vector<Tensor> inputs;
   auto add = [&](const Shape& shape, double low, double high) {
-    inputs.push_back(testing::random(shape, seed++, DType::Float64, low, high).set_requires_grad(true));
+    inputs.push_back(testing::leaf(shape, seed++, low, high));
   };
   const Shape activation{batch, routes, d_inner, length}, bc{batch, routes, 1, d_state, length};
   add(activation, -1.0, 1.0);

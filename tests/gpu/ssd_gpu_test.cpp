@@ -38,7 +38,7 @@ struct GpuSsdCase {
 std::vector<Tensor> make_inputs(const GpuSsdCase& c, uint64_t seed) {
   std::vector<Tensor> inputs;
   auto add = [&](const Shape& shape, double low, double high) {
-    inputs.push_back(testing::random(shape, seed++, DType::Float64, low, high).set_requires_grad(true));
+    inputs.push_back(testing::leaf(shape, seed++, low, high));
   };
   const Shape bc{c.batch, c.length, c.groups, c.d_state};
   add({c.batch, c.length, c.heads, c.head_dim}, -1.0, 1.0);   // x

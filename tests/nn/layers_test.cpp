@@ -26,11 +26,7 @@ std::vector<Tensor> with_parameters(const Tensor& x, const nn::Module& module) {
   return inputs;
 }
 
-Tensor leaf(const Shape& shape, uint64_t seed) {
-  Tensor x = testing::random(shape, seed);
-  x.set_requires_grad(true);
-  return x;
-}
+using testing::leaf;
 
 void check_equal(const Tensor& actual, const Tensor& expected, double tolerance = 1e-12) {
   double error = testing::max_abs_difference(actual, expected);

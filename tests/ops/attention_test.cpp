@@ -19,9 +19,7 @@ struct Case {
   bool causal = false;
 };
 
-Tensor leaf(const Shape& shape, uint64_t seed, double low = -1.0, double high = 1.0) {
-  return testing::random(shape, seed, DType::Float64, low, high).set_requires_grad(true);
-}
+using testing::leaf;
 
 // q, k, v for a case: float64 leaves; scores of order 1 so the softmax is not flat.
 std::vector<Tensor> make_qkv(const Case& c, uint64_t seed) {

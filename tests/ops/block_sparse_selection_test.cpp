@@ -18,9 +18,7 @@ using kernels::LayoutGeometry;
 
 namespace {
 
-Tensor leaf(const Shape& shape, uint64_t seed, double low = -1.0, double high = 1.0) {
-  return testing::random(shape, seed, DType::Float64, low, high).set_requires_grad(true);
-}
+using testing::leaf;
 
 // NATTEN's window start along one axis (odd kernel sizes), as its C++ reference
 // writes it: neighborhood = kernel / 2; dilation 1 clamps; dilated windows are

@@ -31,9 +31,7 @@ LayoutGeometry square(int64_t blocks, int64_t block_size = 64) {
   return {.query_length = blocks * block_size, .key_length = blocks * block_size, .block_size = block_size};
 }
 
-Tensor leaf(const Shape& shape, uint64_t seed, double low = -1.0, double high = 1.0) {
-  return testing::random(shape, seed, DType::Float64, low, high).set_requires_grad(true);
-}
+using testing::leaf;
 
 // (1, layout heads, Lq, Lk) float64: 0 inside the layout's blocks, -inf outside.
 Tensor layout_bias(const BlockLayout& layout) {

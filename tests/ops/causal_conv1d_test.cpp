@@ -13,7 +13,7 @@ using namespace strata;
 
 namespace {
 
-Tensor leaf(const Shape& shape, uint64_t seed) { return testing::random(shape, seed).set_requires_grad(true); }
+using testing::leaf;
 
 // y[b,c,t] = act(bias[c] + sum_k weight[c,k] x[b,c,t-(K-1)+k]), in plain loops.
 std::vector<double> naive_conv(const Tensor& x, const Tensor& weight, const Tensor& bias, bool silu) {

@@ -6,11 +6,9 @@ using testing::max_abs_difference;
 using testing::random;
 
 namespace {
-std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+using testing::values;
 Tensor leaf(const Shape& shape, uint64_t seed, double low = -2.0, double high = 2.0) {
-  Tensor t = random(shape, seed, DType::Float64, low, high);
-  t.set_requires_grad(true);
-  return t;
+  return testing::leaf(shape, seed, low, high);
 }
 Tensor targets_of(const std::vector<int64_t>& targets, DType dtype = DType::Int64) {
   return Tensor::from_vector(targets, {static_cast<int64_t>(targets.size())}).to(dtype);

@@ -20,9 +20,7 @@ struct Case {
   int64_t batch = 2, heads = 4, kv_heads = 2, length_q = 37, length_k = 37, head_dim = 8, window = 5;
 };
 
-Tensor leaf(const Shape& shape, uint64_t seed, double low = -1.0, double high = 1.0) {
-  return testing::random(shape, seed, DType::Float64, low, high).set_requires_grad(true);
-}
+using testing::leaf;
 
 // q, k, v, key_bias: float64 leaves. The bias spans [-2, 2] so the top-w choice
 // differs from query to query, and its values are far apart compared with the

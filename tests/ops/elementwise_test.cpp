@@ -5,12 +5,8 @@ using testing::check_gradients;
 using testing::random;
 
 namespace {
-std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
-Tensor leaf(const Shape& shape, uint64_t seed, double low = -1.0, double high = 1.0) {
-  Tensor t = random(shape, seed, DType::Float64, low, high);
-  t.set_requires_grad(true);
-  return t;
-}
+using testing::values;
+using testing::leaf;
 Tensor vec(const std::vector<double>& v, const Shape& shape) { return Tensor::from_vector<double>(v, shape); }
 }  // namespace
 

@@ -3,7 +3,7 @@
 using namespace strata;
 
 namespace {
-std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+using testing::values;
 }  // namespace
 
 TEST_CASE("embedding looks up rows for indices of any shape") {

@@ -3,9 +3,9 @@
 using namespace strata;
 
 namespace {
-std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+using testing::values;
 Tensor iota(const Shape& shape) { return Tensor::arange(shape_numel(shape), DType::Float64).view(shape); }
-Tensor leaf(const Shape& shape, uint64_t seed) { return testing::random(shape, seed).set_requires_grad(true); }
+using testing::leaf;
 Tensor ids64(const std::vector<int64_t>& v, const Shape& shape) { return Tensor::from_vector(v, shape); }
 Tensor ids32(const std::vector<int32_t>& v, const Shape& shape) { return Tensor::from_vector(v, shape); }
 }  // namespace

@@ -12,11 +12,7 @@ using testing::random;
 
 namespace {
 
-Tensor leaf(const Shape& shape, uint64_t seed) {
-  Tensor t = random(shape, seed);
-  t.set_requires_grad(true);
-  return t;
-}
+using testing::leaf;
 
 // Unit roundoff of the dtype the product rounds in.
 double unit_roundoff(DType dtype) { return dtype == DType::Float64 ? std::ldexp(1.0, -53) : std::ldexp(1.0, -24); }

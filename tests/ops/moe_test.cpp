@@ -8,7 +8,7 @@ using namespace strata;
 
 namespace {
 
-std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+using testing::values;
 std::vector<int64_t> integers(const Tensor& t) { return t.to_vector<int64_t>(); }
 
 // Five tokens over three experts, chosen so that the top-2 of each row is known and

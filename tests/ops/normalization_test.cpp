@@ -7,12 +7,8 @@ using testing::max_abs_difference;
 using testing::random;
 
 namespace {
-std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
-Tensor leaf(const Shape& shape, uint64_t seed, double low = -1.0, double high = 1.0) {
-  Tensor t = random(shape, seed, DType::Float64, low, high);
-  t.set_requires_grad(true);
-  return t;
-}
+using testing::values;
+using testing::leaf;
 
 // The formulas, row by row, over the last dim of a float64 tensor.
 Tensor layer_norm_by_formula(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {

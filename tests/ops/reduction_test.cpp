@@ -5,12 +5,8 @@ using testing::check_gradients;
 using testing::random;
 
 namespace {
-std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
-Tensor leaf(const Shape& shape, uint64_t seed) {
-  Tensor t = random(shape, seed);
-  t.set_requires_grad(true);
-  return t;
-}
+using testing::values;
+using testing::leaf;
 // 0, 1, 2, ... in float64.
 Tensor iota(const Shape& shape) { return Tensor::arange(shape_numel(shape), DType::Float64).view(shape); }
 }  // namespace

@@ -26,7 +26,7 @@ struct ScanCase {
 std::vector<Tensor> make_inputs(const ScanCase& c, uint64_t seed) {
   std::vector<Tensor> inputs;
   auto add = [&](const Shape& shape, double low, double high) {
-    inputs.push_back(testing::random(shape, seed++, DType::Float64, low, high).set_requires_grad(true));
+    inputs.push_back(testing::leaf(shape, seed++, low, high));
   };
   const Shape activation{c.batch, c.d_inner, c.length}, bc{c.batch, c.groups, c.d_state, c.length};
   add(activation, -1.0, 1.0);                                         // u
@@ -316,7 +316,7 @@ struct RoutesCase {
 std::vector<Tensor> make_route_inputs(const RoutesCase& c, uint64_t seed) {
   std::vector<Tensor> inputs;
   auto add = [&](const Shape& shape, double low, double high) {
-    inputs.push_back(testing::random(shape, seed++, DType::Float64, low, high).set_requires_grad(true));
+    inputs.push_back(testing::leaf(shape, seed++, low, high));
   };
   const Shape activation{c.batch, c.routes, c.d_inner, c.length}, per_route{c.routes, c.d_inner};
   const Shape bc{c.batch, c.routes, c.groups, c.d_state, c.length};

@@ -3,7 +3,7 @@
 using namespace strata;
 
 namespace {
-std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+using testing::values;
 // 0, 1, 2, ... in float64, contiguous.
 Tensor iota(const Shape& shape) { return Tensor::arange(shape_numel(shape), DType::Float64).view(shape); }
 }  // namespace
@@ -120,7 +120,7 @@ TEST_CASE("concat and split are inverse along any dim") {
 // ---- gradients (finite differences in float64) -------------------------------------
 
 namespace {
-Tensor leaf(const Shape& shape, uint64_t seed) { return testing::random(shape, seed).set_requires_grad(true); }
+using testing::leaf;
 }  // namespace
 
 TEST_CASE("reshape gradients on the view and the copy path") {

@@ -6,11 +6,9 @@ using testing::max_abs_difference;
 using testing::random;
 
 namespace {
-std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+using testing::values;
 Tensor leaf(const Shape& shape, uint64_t seed, double low = -2.0, double high = 2.0) {
-  Tensor t = random(shape, seed, DType::Float64, low, high);
-  t.set_requires_grad(true);
-  return t;
+  return testing::leaf(shape, seed, low, high);
 }
 // The textbook formulas, through the reduction ops (another code path).
 Tensor softmax_by_formula(const Tensor& x, int dim) { return ops::exp(ops::sub(x, ops::logsumexp(x, dim, true))); }

@@ -33,6 +33,15 @@ inline Tensor random(const Shape& shape, uint64_t seed, DType dtype = DType::Flo
   return rand_uniform(shape, low, high, dtype, Device::cpu(), generator);
 }
 
+// A float64 CPU leaf that requires grad, uniform in [low, high): an input of a
+// gradient check.
+inline Tensor leaf(const Shape& shape, uint64_t seed, double low = -1.0, double high = 1.0) {
+  return random(shape, seed, DType::Float64, low, high).set_requires_grad(true);
+}
+
+// The elements of t as doubles, in row-major order.
+inline std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+
 inline double max_abs_difference(const Tensor& a, const Tensor& b) {
   REQUIRE(a.shape() == b.shape());
   std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
