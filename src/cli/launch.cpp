@@ -25,6 +25,8 @@ void add_launch_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--node-rank", options->node_rank, "This machine's index among them");
   cmd->add_option("--master-addr", options->master_addr, "Address of the machine running rank 0");
+  cmd->add_option("--run-id", options->run_id,
+                  "Name of the run, the same on every node (default: STRATA_RUN_ID, else random on one machine)");
   cmd->add_option("--master-port", options->master_port,
                   "torchrun's MASTER_PORT (Strata's rendezvous listens on it + 1); default: a free port, one machine");
   cmd->add_option("--stop-grace", *grace_seconds,
@@ -60,6 +62,11 @@ void add_rank_flags(CLI::App& command) {
                                            [&flags](const std::string& v) { flags.rendezvous_dir = v; },
                                            "Meet through files in this shared directory (fresh for each job) "
                                            "instead of TCP")
+      ->group(group);
+  command.add_option_function<std::string>("--run-id", [&flags](const std::string& v) { flags.run_id = v; },
+                                           "The run's name, the same on every rank: ranks of another run that "
+                                           "reach the same store are refused (else STRATA_RUN_ID, torchrun's "
+                                           "rdzv id, the Slurm job)")
       ->group(group);
 }
 

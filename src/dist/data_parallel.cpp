@@ -61,6 +61,7 @@ ConnectOptions connect_options(const LaunchInfo& launch, const DataParallelOptio
   o.master_addr = launch.master_addr;
   o.store_port = launch.store_port;
   o.rendezvous_dir = launch.rendezvous_dir;
+  o.run_id = launch.run_id;
   if (const char* interface = std::getenv("GLOO_SOCKET_IFNAME")) o.interface = interface;
   o.timeout = std::chrono::milliseconds(static_cast<int64_t>(options.timeout_seconds * 1000));
   return o;

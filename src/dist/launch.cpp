@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <random>
 #include <thread>
 
 #include "strata/core/error.h"
@@ -137,6 +138,16 @@ LaunchInfo resolve_launch(const LaunchFlags& flags, const Environment& environme
                                      : parse_int(environment, "STRATA_STORE_PORT").value_or(info.master_port + 1);
   for (int port : {info.master_port, info.store_port})
     STRATA_CHECK(port > 0 && port < 65536, "port {} is not in [1, 65535]", port);
+  // torchrun's --rdzv-id and Slurm's job step name a run on every rank.
+  if (flags.run_id) {
+    info.run_id = *flags.run_id;
+  } else if (std::optional<std::string> id = env("STRATA_RUN_ID")) {
+    info.run_id = *id;
+  } else if (std::optional<std::string> id = env("TORCHELASTIC_RUN_ID")) {
+    info.run_id = *id;
+  } else if (std::optional<std::string> job = env("SLURM_JOB_ID")) {
+    info.run_id = "slurm-" + *job + (env("SLURM_STEP_ID") ? "." + *env("SLURM_STEP_ID") : "");
+  }
   if (flags.rendezvous_dir) {
     info.rendezvous_dir = *flags.rendezvous_dir;
   } else if (std::optional<std::string> directory = env("STRATA_RENDEZVOUS_DIR")) {
@@ -165,6 +176,13 @@ int master_port_with_free_store_port() {
   ::close(fd);
   STRATA_CHECK(found, "strata launch: cannot find a free port: {}", std::strerror(errno));
   return ntohs(address.sin_port) - 1;
+}
+
+// 64 random bits in hex: tells this launch's ranks from another run's.
+std::string random_run_id() {
+  std::random_device source;
+  uint64_t bits = (static_cast<uint64_t>(source()) << 32) ^ source();
+  return fmt::format("launch-{:016x}", bits);
 }
 
 std::string describe_status(int status) {
@@ -222,6 +240,9 @@ int launch_local(const LocalLaunch& launch) {
   STRATA_CHECK(!launch.arguments.empty(), "strata launch: no command given (e.g. -- train recipe.yaml)");
   const int world_size = launch.nnodes * launch.nproc_per_node;
   const int master_port = launch.master_port != 0 ? launch.master_port : master_port_with_free_store_port();
+  std::string run_id = launch.run_id;
+  if (run_id.empty() && std::getenv("STRATA_RUN_ID") != nullptr) run_id = std::getenv("STRATA_RUN_ID");
+  if (run_id.empty() && launch.nnodes == 1) run_id = random_run_id();
   std::error_code error;
   std::string program = std::filesystem::canonical(launch.program, error).string();
   STRATA_CHECK(!error, "strata launch: cannot resolve {}: {}", launch.program, error.message());
@@ -247,15 +268,16 @@ int launch_local(const LocalLaunch& launch) {
   const pid_t launcher = ::getpid();
   for (int local = 0; local < launch.nproc_per_node; ++local) {
     int rank = launch.node_rank * launch.nproc_per_node + local;
-    std::vector<std::string> environment_text =
-        child_environment({{"RANK", std::to_string(rank)},
-                           {"WORLD_SIZE", std::to_string(world_size)},
-                           {"LOCAL_RANK", std::to_string(local)},
-                           {"LOCAL_WORLD_SIZE", std::to_string(launch.nproc_per_node)},
-                           {"GROUP_RANK", std::to_string(launch.node_rank)},
-                           {"MASTER_ADDR", launch.master_addr},
-                           {"MASTER_PORT", std::to_string(master_port)}},
-                          {{"OMP_NUM_THREADS", threads}});
+    std::vector<std::pair<std::string, std::string>> variables{
+        {"RANK", std::to_string(rank)},
+        {"WORLD_SIZE", std::to_string(world_size)},
+        {"LOCAL_RANK", std::to_string(local)},
+        {"LOCAL_WORLD_SIZE", std::to_string(launch.nproc_per_node)},
+        {"GROUP_RANK", std::to_string(launch.node_rank)},
+        {"MASTER_ADDR", launch.master_addr},
+        {"MASTER_PORT", std::to_string(master_port)}};
+    if (!run_id.empty()) variables.emplace_back("STRATA_RUN_ID", run_id);
+    std::vector<std::string> environment_text = child_environment(variables, {{"OMP_NUM_THREADS", threads}});
     std::vector<char*> envp = pointers(environment_text);
     pid_t pid = ::fork();
     STRATA_CHECK(pid >= 0, "strata launch: fork failed: {}", std::strerror(errno));

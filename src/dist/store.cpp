@@ -59,6 +59,30 @@ bool receive_all(int fd, void* data, size_t size, Clock::time_point deadline, co
 
 constexpr auto kForever = Clock::time_point::max();
 
+// Keys and values are addresses and NCCL ids; a longer length is not from a rank.
+constexpr uint32_t kLongestString = 1u << 20;
+
+void send_string(int fd, const char* data, size_t size, const std::string& where) {
+  uint32_t length = static_cast<uint32_t>(size);
+  send_all(fd, &length, sizeof length, where);
+  send_all(fd, data, size, where);
+}
+
+bool receive_string(int fd, std::vector<char>& out, Clock::time_point deadline, const std::string& where,
+                    const std::string& waiting_for) {
+  uint32_t length = 0;
+  if (!receive_all(fd, &length, sizeof length, deadline, where, waiting_for)) return false;
+  STRATA_CHECK(length <= kLongestString, "rendezvous store {}: a string of {} bytes is longer than the protocol allows",
+               where, length);
+  out.resize(length);
+  return receive_all(fd, out.data(), length, deadline, where, waiting_for);
+}
+
+// How long a client waits for the greeting and its admission, each attempt (it may
+// overrun the rendezvous timeout by that much), and the server for a client's run id.
+constexpr auto kHandshakeTimeout = std::chrono::seconds(2);
+constexpr auto kAdmissionTimeout = std::chrono::seconds(10);
+
 // What the server sends first on every connection.
 constexpr char kGreeting[] = "strata rendezvous store 1\n";
 constexpr size_t kGreetingSize = sizeof kGreeting - 1;
@@ -73,9 +97,10 @@ bool connected_to_itself(int fd) {
   return local_size == peer_size && std::memcmp(&local, &peer, local_size) == 0;
 }
 
-// Connects to one address and checks the greeting within `deadline`; the socket,
-// or -1 with the reason in `error`.
-int connect_to_store(const addrinfo& a, Clock::time_point deadline, const std::string& where, std::string& error) {
+// Connects to one address, checks the greeting and is let in with `run_id`, within
+// `deadline`; the socket, or -1 with the reason in `error`.
+int connect_to_store(const addrinfo& a, const std::string& run_id, Clock::time_point deadline,
+                     const std::string& where, std::string& error) {
   int fd = ::socket(a.ai_family, a.ai_socktype | SOCK_CLOEXEC, a.ai_protocol);
   if (fd < 0) {
     error = errno_text();
@@ -87,11 +112,17 @@ int connect_to_store(const addrinfo& a, Clock::time_point deadline, const std::s
     error = "the connection reached itself";
   } else {
     char greeting[kGreetingSize] = {};
+    char admitted = 0;
     try {
-      if (receive_all(fd, greeting, kGreetingSize, deadline, where, "the store's greeting") &&
-          std::memcmp(greeting, kGreeting, kGreetingSize) == 0)
-        return fd;
-      error = "something other than a Strata rendezvous store answers there";
+      if (!receive_all(fd, greeting, kGreetingSize, deadline, where, "the store's greeting") ||
+          std::memcmp(greeting, kGreeting, kGreetingSize) != 0) {
+        error = "something other than a Strata rendezvous store answers there";
+      } else {
+        send_string(fd, run_id.data(), run_id.size(), where);
+        if (receive_all(fd, &admitted, 1, deadline, where, "the store to admit this run") && admitted == 1)
+          return fd;
+        error = fmt::format("the store there serves another run (this rank's run id is '{}')", run_id);
+      }
     } catch (const Error&) {
       error = "something there accepts connections but does not answer as a Strata rendezvous store";
     }
@@ -100,23 +131,9 @@ int connect_to_store(const addrinfo& a, Clock::time_point deadline, const std::s
   return -1;
 }
 
-void send_string(int fd, const char* data, size_t size, const std::string& where) {
-  uint32_t length = static_cast<uint32_t>(size);
-  send_all(fd, &length, sizeof length, where);
-  send_all(fd, data, size, where);
-}
-
-bool receive_string(int fd, std::vector<char>& out, Clock::time_point deadline, const std::string& where,
-                    const std::string& waiting_for) {
-  uint32_t length = 0;
-  if (!receive_all(fd, &length, sizeof length, deadline, where, waiting_for)) return false;
-  out.resize(length);
-  return receive_all(fd, out.data(), length, deadline, where, waiting_for);
-}
-
 }  // namespace
 
-TcpStoreServer::TcpStoreServer(int port) {
+TcpStoreServer::TcpStoreServer(int port, std::string run_id) : run_id_(std::move(run_id)) {
   listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   STRATA_CHECK(listen_fd_ >= 0, "rendezvous store: socket failed: {}", errno_text());
   int one = 1;
@@ -168,6 +185,14 @@ void TcpStoreServer::serve(int fd) {
   const std::string where = "server";
   try {
     send_all(fd, kGreeting, kGreetingSize, where);
+    std::vector<char> run_id;
+    if (!receive_string(fd, run_id, Clock::now() + kAdmissionTimeout, where, "a run id")) return;
+    const char admitted = std::string(run_id.begin(), run_id.end()) == run_id_ ? 1 : 0;
+    send_all(fd, &admitted, 1, where);
+    if (!admitted) {
+      ::shutdown(fd, SHUT_RDWR);
+      return;
+    }
     while (true) {
       char request = 0;
       std::vector<char> key, value;
@@ -200,7 +225,7 @@ void TcpStoreServer::serve(int fd) {
   }
 }
 
-TcpStore::TcpStore(const std::string& host, int port, std::chrono::milliseconds timeout)
+TcpStore::TcpStore(const std::string& host, int port, std::chrono::milliseconds timeout, const std::string& run_id)
     : where_(fmt::format("{}:{}", host, port)), timeout_(timeout) {
   auto deadline = Clock::now() + timeout;
   std::string last_error = "no address";
@@ -215,7 +240,7 @@ TcpStore::TcpStore(const std::string& host, int port, std::chrono::milliseconds 
       last_error = ::gai_strerror(status);
     } else {
       for (addrinfo* a = addresses; a != nullptr && fd_ < 0; a = a->ai_next)
-        fd_ = connect_to_store(*a, std::min(deadline, Clock::now() + std::chrono::seconds(2)), where_, last_error);
+        fd_ = connect_to_store(*a, run_id, Clock::now() + kHandshakeTimeout, where_, last_error);
       ::freeaddrinfo(addresses);
     }
     if (fd_ >= 0) break;
@@ -269,8 +294,8 @@ Rendezvous open_rendezvous(const ConnectOptions& options) {
     r.where = "file://" + options.rendezvous_dir;
     return r;
   }
-  if (options.rank == 0) r.server = std::make_unique<TcpStoreServer>(options.store_port);
-  r.store = std::make_unique<TcpStore>(options.master_addr, options.store_port, options.timeout);
+  if (options.rank == 0) r.server = std::make_unique<TcpStoreServer>(options.store_port, options.run_id);
+  r.store = std::make_unique<TcpStore>(options.master_addr, options.store_port, options.timeout, options.run_id);
   r.where = fmt::format("tcp://{}:{}", options.master_addr, options.store_port);
   return r;
 }

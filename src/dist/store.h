@@ -6,7 +6,11 @@
 // a greeting the client checks: a client that reached something else on the port
 // (another program, or itself: a connect to a port nobody listens on yet can pick
 // that port as its own and connect to itself) drops the connection and retries.
-// Then the protocol is two requests, each a byte then length-prefixed strings:
+// The client answers with its run id (a length-prefixed string); the server
+// replies one byte, 1 when it is its own run's, else 0 and it hangs up: a rank of
+// another run that reaches this port (two runs given one port, or a port reused
+// while a run starts) retries instead of joining the wrong run. Then the protocol
+// is two requests, each a byte then length-prefixed strings:
 //   'S' key value  -> one byte 1 once stored
 //   'G' key        -> the value, as soon as some rank has set the key
 // Clients bound every wait by their timeout. Gloo's FileStore is the alternative
@@ -30,7 +34,7 @@ namespace strata::dist {
 
 class TcpStoreServer {
  public:
-  explicit TcpStoreServer(int port);  // listens on every interface
+  TcpStoreServer(int port, std::string run_id);  // listens on every interface
   ~TcpStoreServer();
   TcpStoreServer(const TcpStoreServer&) = delete;
   TcpStoreServer& operator=(const TcpStoreServer&) = delete;
@@ -39,6 +43,7 @@ class TcpStoreServer {
   void accept_loop();
   void serve(int fd);
 
+  const std::string run_id_;
   int listen_fd_ = -1;
   std::mutex mutex_;
   std::condition_variable changed_;
@@ -52,7 +57,7 @@ class TcpStoreServer {
 class TcpStore : public gloo::rendezvous::Store {
  public:
   // Connects to the server, retrying until `timeout` (it may not be up yet).
-  TcpStore(const std::string& host, int port, std::chrono::milliseconds timeout);
+  TcpStore(const std::string& host, int port, std::chrono::milliseconds timeout, const std::string& run_id);
   ~TcpStore() override;
 
   void set(const std::string& key, const std::vector<char>& value) override;

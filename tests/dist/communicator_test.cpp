@@ -183,6 +183,7 @@ TEST_CASE("ranks meet over TCP: rank 0 serves the store on the given port") {
       ConnectOptions o = options_for(rank, 2, "");
       o.master_addr = "localhost";
       o.store_port = port;
+      o.run_id = "meet-over-tcp";
       // Rank 1 may try first: it retries until rank 0's store is up.
       if (rank == 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
       auto c = connect(o);
@@ -216,6 +217,23 @@ TEST_CASE("a port held by another program is not taken for rank 0's store") {
   o.store_port = ntohs(address.sin_port);
   CHECK_THROWS_WITH_AS(connect(o), doctest::Contains("does not answer as a Strata rendezvous store"), Error);
   ::close(listener);
+}
+
+TEST_CASE("a rank of another run that reaches the store is refused, and rank 0 keeps waiting for its own") {
+  int port = free_port();
+  auto rank0 = std::async(std::launch::async, [=] {
+    ConnectOptions o = options_for(0, 2, "", std::chrono::milliseconds(4000));
+    o.store_port = port;
+    o.run_id = "run-a";
+    return connect(o);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // rank 0's store is up
+  ConnectOptions stranger = options_for(1, 2, "", std::chrono::milliseconds(1500));
+  stranger.store_port = port;
+  stranger.run_id = "run-b";
+  CHECK_THROWS_WITH_AS(connect(stranger), doctest::Contains("the store there serves another run (this rank's run id is 'run-b')"),
+                       Error);
+  CHECK_THROWS_WITH_AS(rank0.get(), doctest::Contains("timed out waiting for key '1'"), Error);
 }
 
 TEST_CASE("argument errors name the call and the tensor") {

@@ -258,7 +258,7 @@ TEST_CASE("without a launcher, the surviving rank notices the dead one and exits
   ensure_bible();
   fs::path run = "build/test-runs/dist-orphan";
   std::string recipe = tiny("dist-orphan", "train.steps=100000 train.batch_size=4 dist.timeout_s=30");
-  std::string flags = fmt::format("--world-size 2 --store-port {}", free_port());
+  std::string flags = fmt::format("--world-size 2 --store-port {} --run-id dist-orphan", free_port());
   BackgroundProcess rank0 = start_strata(fmt::format("train {} --rank 0 {}", recipe, flags), "orphan0");
   BackgroundProcess rank1 = start_strata(fmt::format("train {} --rank 1 {}", recipe, flags), "orphan1");
   wait_for_steps(run, 2);
@@ -294,7 +294,7 @@ TEST_CASE("SIGTERM to strata launch stops every rank at the same step with a che
 
 TEST_CASE("ranks started with different recipes refuse to train, naming the rank") {
   ensure_bible();
-  std::string flags = fmt::format("--world-size 2 --store-port {}", free_port());
+  std::string flags = fmt::format("--world-size 2 --store-port {} --run-id dist-mismatch", free_port());
   std::string recipe = tiny("dist-mismatch", "train.steps=3");
   BackgroundProcess rank0 = start_strata(fmt::format("train {} --rank 0 {}", recipe, flags), "mismatch0");
   BackgroundProcess rank1 = start_strata(fmt::format("train {} optim.lr=0.01 --rank 1 {}", recipe, flags), "mismatch1");

@@ -127,6 +127,18 @@ TEST_CASE("the order: flags, then torchrun, then Slurm, then Open MPI") {
   CHECK(info.store_port == 4000);
 }
 
+TEST_CASE("the run id: --run-id, else STRATA_RUN_ID, torchrun's rdzv id, the Slurm job step") {
+  CHECK(resolve_launch({}, fake({})).run_id.empty());
+  CHECK(resolve_launch({}, fake(merged({torchrun, {{"TORCHELASTIC_RUN_ID", "job7"}}}))).run_id == "job7");
+  CHECK(resolve_launch({}, fake(merged({slurm, {{"SLURM_JOB_ID", "812"}, {"SLURM_STEP_ID", "3"}}}))).run_id ==
+        "slurm-812.3");
+  auto everything = merged({torchrun, {{"TORCHELASTIC_RUN_ID", "job7"}, {"STRATA_RUN_ID", "mine"}}});
+  CHECK(resolve_launch({}, fake(everything)).run_id == "mine");
+  LaunchFlags flags;
+  flags.run_id = "flagged";
+  CHECK(resolve_launch(flags, fake(everything)).run_id == "flagged");
+}
+
 TEST_CASE("inconsistent launch information is an error that names it") {
   CHECK_THROWS_WITH_AS(resolve_launch({}, fake({{"RANK", "0"}})), doctest::Contains("WORLD_SIZE"), Error);
   CHECK_THROWS_WITH_AS(resolve_launch({}, fake({{"RANK", "2"}, {"WORLD_SIZE", "2"}})),

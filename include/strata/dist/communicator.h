@@ -100,6 +100,8 @@ struct ConnectOptions {
   std::string master_addr = "127.0.0.1";
   int store_port = 29501;
   std::string rendezvous_dir;
+  // TCP store: ranks whose run_id differs from rank 0's are refused (LaunchInfo::run_id).
+  std::string run_id;
   // Gloo: the network interface to bind (e.g. "eth0"); empty: the address this
   // host uses to reach master_addr.
   std::string interface;

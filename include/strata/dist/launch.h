@@ -38,13 +38,17 @@ struct LaunchInfo {
   int master_port = 29500;
   int store_port = 29501;
   std::string rendezvous_dir;       // empty: TCP store at master_addr:store_port
+  // The run's identity at the TCP store: a rank whose id differs from rank 0's is
+  // refused, so ranks of two runs that share a port never join each other. Empty
+  // (no launcher said one) matches only empty.
+  std::string run_id;
   std::string source = "single process";  // where the rank came from: flags, torchrun, Slurm, Open MPI
   bool distributed() const { return world_size > 1; }
 };
 
 struct LaunchFlags {
   std::optional<int> rank, world_size, local_rank, master_port, store_port;
-  std::optional<std::string> master_addr, rendezvous_dir;
+  std::optional<std::string> master_addr, rendezvous_dir, run_id;
 };
 
 // Reads an environment variable; nullopt when unset.
@@ -78,6 +82,7 @@ struct LocalLaunch {
   int node_rank = 0;
   std::string master_addr = "127.0.0.1";
   int master_port = 0;  // 0: a free port of this machine (one node only)
+  std::string run_id;   // empty: STRATA_RUN_ID, else a random one (one node only)
   std::string program = "/proc/self/exe";
   std::vector<std::string> arguments;
   std::chrono::milliseconds stop_grace{std::chrono::seconds(15)};
