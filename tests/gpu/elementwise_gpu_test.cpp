@@ -25,9 +25,7 @@ constexpr double kBFloat16Tolerance = 2e-2;
 constexpr double kBFloat16GradientAtol = 0x1p-8;
 
 Tensor input(const Shape& shape, uint64_t seed, double low = -2.0, double high = 2.0) {
-  Tensor t = testing::random(shape, seed, DType::Float64, low, high);
-  t.set_requires_grad(true);
-  return t;
+  return testing::leaf(shape, seed, low, high);
 }
 
 void check_both_dtypes(const testing::Function& f, const std::vector<Tensor>& inputs) {

@@ -27,11 +27,7 @@ constexpr double kFloat32Tolerance = 1e-5;
 constexpr double kBFloat16Tolerance = 2e-2;
 constexpr double kAutocastTolerance = 1e-2;
 
-Tensor input(const Shape& shape, uint64_t seed) {
-  Tensor t = testing::random(shape, seed);
-  t.set_requires_grad(true);
-  return t;
-}
+using testing::leaf;
 
 void check_both_dtypes(const testing::Function& f, const std::vector<Tensor>& inputs) {
   check_cuda_matches_cpu(f, inputs, DType::Float32, kFloat32Tolerance);
@@ -60,7 +56,7 @@ TEST_CASE("matmul on CUDA matches the CPU") {
   };
   for (const Case& c : cases) {
     INFO(c.what);
-    check_both_dtypes(product, {input(c.a, 1), input(c.b, 2)});
+    check_both_dtypes(product, {leaf(c.a, 1), leaf(c.b, 2)});
   }
 }
 
@@ -68,22 +64,22 @@ TEST_CASE("matmul on CUDA reads transposed, strided and misaligned operands") {
   testing::require_cuda();
   // a^T of a contiguous batch: a transpose flag, no copy.
   check_both_dtypes([](const std::vector<Tensor>& x) { return ops::matmul(ops::transpose(x[0], -1, -2), x[1]); },
-                    {input({2, 40, 30}, 3), input({2, 40, 20}, 4)});
+                    {leaf({2, 40, 30}, 3), leaf({2, 40, 20}, 4)});
   // Every other column: no unit stride in either dim, so copied first.
   check_both_dtypes([](const std::vector<Tensor>& x) { return ops::matmul(ops::slice(x[0], 1, 0, 64, 2), x[1]); },
-                    {input({24, 64}, 5), input({32, 16}, 6)});
+                    {leaf({24, 64}, 5), leaf({32, 16}, 6)});
   // Starting one element in: pointers aligned to 4 (float32) or 2 (bfloat16) bytes only.
   check_both_dtypes(
       [](const std::vector<Tensor>& x) { return ops::matmul(ops::slice(x[0], 1, 1, 33), ops::slice(x[1], 1, 1, 17)); },
-      {input({24, 33}, 7), input({32, 17}, 8)});
+      {leaf({24, 33}, 7), leaf({32, 17}, 8)});
 }
 
 TEST_CASE("linear on CUDA matches the CPU") {
   testing::require_cuda();
   check_both_dtypes([](const std::vector<Tensor>& x) { return ops::linear(x[0], x[1], x[2]); },
-                    {input({3, 17, 48}, 9), input({40, 48}, 10), input({40}, 11)});
+                    {leaf({3, 17, 48}, 9), leaf({40, 48}, 10), leaf({40}, 11)});
   check_both_dtypes([](const std::vector<Tensor>& x) { return ops::linear(x[0], x[1]); },
-                    {input({65, 33}, 12), input({31, 33}, 13)});
+                    {leaf({65, 33}, 12), leaf({31, 33}, 13)});
 }
 
 TEST_CASE("autocast multiplies float32 CUDA tensors in bfloat16 and returns float32") {
@@ -96,9 +92,9 @@ TEST_CASE("autocast multiplies float32 CUDA tensors in bfloat16 and returns floa
     ops::AutocastGuard autocast;
     return ops::linear(x[0], x[1], x[2]);
   };
-  check_cuda_matches_cpu(autocast_matmul, {input({4, 50, 64}, 14), input({64, 40}, 15)}, DType::Float32,
+  check_cuda_matches_cpu(autocast_matmul, {leaf({4, 50, 64}, 14), leaf({64, 40}, 15)}, DType::Float32,
                          kAutocastTolerance);
-  check_cuda_matches_cpu(autocast_linear, {input({2, 30, 48}, 16), input({40, 48}, 17), input({40}, 18)},
+  check_cuda_matches_cpu(autocast_linear, {leaf({2, 30, 48}, 16), leaf({40, 48}, 17), leaf({40}, 18)},
                          DType::Float32, kAutocastTolerance);
 
   Tensor a = testing::random({64, 256}, 19, DType::Float32).to(Device::cuda());

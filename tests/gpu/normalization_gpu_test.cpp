@@ -32,11 +32,7 @@ namespace {
 constexpr double kFloat32Tolerance = 1e-5;
 constexpr double kBFloat16Tolerance = 2e-2;
 
-Tensor input(const Shape& shape, uint64_t seed, double low = -1.0, double high = 1.0) {
-  Tensor t = testing::random(shape, seed, DType::Float64, low, high);
-  t.set_requires_grad(true);
-  return t;
-}
+using testing::leaf;
 
 // x as a view starting one element into its storage: contiguous but not 16-byte
 // aligned, so the kernels must take their single-element path.
@@ -70,16 +66,16 @@ Tensor rms_norm_plain(const std::vector<Tensor>& xs) { return ops::rms_norm(xs[0
 // for dim 1 its gradient is eps / |x|^3, which a bfloat16 rounding of a tiny x
 // would change by far more than the tolerance.
 void check_norms(int64_t rows, int64_t dim, uint64_t seed) {
-  const Tensor x = input({rows, dim}, seed), weight = input({dim}, seed + 1), bias = input({dim}, seed + 2);
+  const Tensor x = leaf({rows, dim}, seed), weight = leaf({dim}, seed + 1), bias = leaf({dim}, seed + 2);
   check_both_dtypes(layer_norm_affine, {x, weight, bias},
                     norm_atol(kernels::layer_norm_forward(x, weight, bias, 1e-5), weight, 2));
-  const Tensor x_plain = input({rows, dim}, seed + 3);
+  const Tensor x_plain = leaf({rows, dim}, seed + 3);
   check_both_dtypes(layer_norm_plain, {x_plain},
                     norm_atol(kernels::layer_norm_forward(x_plain, Tensor(), Tensor(), 1e-5), Tensor(), 0));
-  const Tensor x_rms = input({rows, dim}, seed + 4, 0.5, 1.5), weight_rms = input({dim}, seed + 5);
+  const Tensor x_rms = leaf({rows, dim}, seed + 4, 0.5, 1.5), weight_rms = leaf({dim}, seed + 5);
   check_both_dtypes(rms_norm_weighted, {x_rms, weight_rms},
                     norm_atol(kernels::rms_norm_forward(x_rms, weight_rms, 1e-6), weight_rms, 1));
-  const Tensor x_rms_plain = input({rows, dim}, seed + 6, 0.5, 1.5);
+  const Tensor x_rms_plain = leaf({rows, dim}, seed + 6, 0.5, 1.5);
   check_both_dtypes(rms_norm_plain, {x_rms_plain},
                     norm_atol(kernels::rms_norm_forward(x_rms_plain, Tensor(), 1e-6), Tensor(), 0));
 }
@@ -114,11 +110,11 @@ TEST_CASE("norms on CUDA: long rows, many rows, unaligned views") {
   // A misaligned start forces single elements even where 16-byte packs would fit.
   for (int64_t dim : {128, 4096}) {
     CAPTURE(dim);
-    const Tensor x = input({7, dim}, 500 + dim), weight = input({dim}, 501), bias = input({dim}, 502);
+    const Tensor x = leaf({7, dim}, 500 + dim), weight = leaf({dim}, 501), bias = leaf({dim}, 502);
     check_both_dtypes(
         [](const std::vector<Tensor>& xs) { return ops::layer_norm(unaligned(xs[0]), xs[1], xs[2], 1e-5); },
         {x, weight, bias}, norm_atol(kernels::layer_norm_forward(x, weight, bias, 1e-5), weight, 2));
-    const Tensor x_rms = input({7, dim}, 503 + dim, 0.5, 1.5), weight_rms = input({dim}, 504);
+    const Tensor x_rms = leaf({7, dim}, 503 + dim, 0.5, 1.5), weight_rms = leaf({dim}, 504);
     check_both_dtypes([](const std::vector<Tensor>& xs) { return ops::rms_norm(unaligned(xs[0]), xs[1], 1e-6); },
                       {x_rms, weight_rms},
                       norm_atol(kernels::rms_norm_forward(x_rms, weight_rms, 1e-6), weight_rms, 1));

@@ -22,11 +22,7 @@ namespace {
 constexpr double kFloat32Tolerance = 1e-5;
 constexpr double kBFloat16Tolerance = 2e-2;
 
-Tensor input(const Shape& shape, uint64_t seed, double low = -1.0, double high = 1.0) {
-  Tensor t = testing::random(shape, seed, DType::Float64, low, high);
-  t.set_requires_grad(true);
-  return t;
-}
+using testing::leaf;
 
 // Rows (along `dim` of a 2-D shape) holding a permutation of 0, 1/8, 2/8, ...: values
 // exact in bfloat16 (for at most 256 of them) and without ties, so the CPU and CUDA
@@ -77,7 +73,7 @@ TEST_CASE("sum and mean on CUDA match the CPU") {
       CAPTURE(keepdim);
       // Positive terms: a sum of signed ones could land near zero, where a bound relative
       // to the result would be smaller than the rounding of the inputs.
-      Tensor x = input(c.shape, seed++, 0.0, 1.0);
+      Tensor x = leaf(c.shape, seed++, 0.0, 1.0);
       if (c.dims.empty()) {
         check_both_dtypes([](const std::vector<Tensor>& xs) { return ops::sum(xs[0]); }, {x});
         check_both_dtypes([](const std::vector<Tensor>& xs) { return ops::mean(xs[0]); }, {x});
@@ -88,7 +84,7 @@ TEST_CASE("sum and mean on CUDA match the CPU") {
     }
   }
   // A transposed input is made dense first.
-  Tensor y = input({300, 70}, seed++);
+  Tensor y = leaf({300, 70}, seed++);
   check_both_dtypes([](const std::vector<Tensor>& xs) { return ops::sum(ops::transpose(xs[0], 0, 1), {1}); }, {y});
 }
 
@@ -117,7 +113,7 @@ TEST_CASE("logsumexp on CUDA matches the CPU") {
       CAPTURE(shape_text);
       CAPTURE(dim);
       check_both_dtypes([dim](const std::vector<Tensor>& xs) { return ops::logsumexp(xs[0], dim); },
-                        {input(shape, seed++)});
+                        {leaf(shape, seed++)});
     }
   }
   // Values around 1000, whose exponentials overflow float32. x + 1000 is rounded
@@ -127,7 +123,7 @@ TEST_CASE("logsumexp on CUDA matches the CPU") {
   // value's own shift, the mean shift that lse inherits, lse's rounding. An
   // absolute bound from the largest exp(x_i - lse), on top of the float32
   // arithmetic's relative one.
-  Tensor large = input({64, 300}, seed++);
+  Tensor large = leaf({64, 300}, seed++);
   const double p_max = testing::max_abs(ops::softmax(large.detach(), 1));
   check_cuda_matches_cpu([](const std::vector<Tensor>& xs) { return ops::logsumexp(ops::add(xs[0], 1000.0), 1); },
                          {large}, DType::Float32, kFloat32Tolerance, {0.0, 3 * 0x1p-15 * p_max});

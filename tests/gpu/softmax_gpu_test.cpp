@@ -21,11 +21,7 @@ namespace {
 constexpr double kFloat32Tolerance = 1e-5;
 constexpr double kBFloat16Tolerance = 2e-2;
 
-Tensor input(const Shape& shape, uint64_t seed) {
-  Tensor t = testing::random(shape, seed, DType::Float64, -2.0, 2.0);
-  t.set_requires_grad(true);
-  return t;
-}
+Tensor input(const Shape& shape, uint64_t seed) { return testing::leaf(shape, seed, -2.0, 2.0); }
 
 // x as a view starting one element into its storage: contiguous but not 16-byte
 // aligned, so the kernels must take their single-element path.
