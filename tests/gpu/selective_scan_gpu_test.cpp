@@ -17,6 +17,7 @@
 //    rounded to bfloat16 too. The float32 run is the one that pins the algorithm.
 #include "strata/ops/ssm.h"
 #include "support/check.h"
+#include "support/selective_scan_routes.h"
 
 using namespace strata;
 
@@ -147,17 +148,7 @@ std::vector<Tensor> make_route_inputs(int64_t batch, int64_t routes, int64_t d_i
   return inputs;
 }
 
-ops::SelectiveScanOptions route_options(const std::vector<Tensor>& in) {
-  ops::SelectiveScanOptions options;
-  options.D = in[5];
-  options.z = in[6];
-  options.delta_bias = in[7];
-  options.initial_state = in[8];
-  options.delta_softplus = true;
-  options.return_final_state = true;
-  options.return_states = true;
-  return options;
-}
+using testing::route_options;
 
 Tensor flatten_result(const ops::SelectiveScanResult& r) {
   const DType dtype = r.y.dtype();
@@ -185,22 +176,7 @@ TEST_CASE("selective_scan_routes on CUDA matches the CPU and K separate CUDA sca
     // values (equal to the last bit); the gradients differ only in the order of
     // their float32 atomic sums.
     auto apart = [&](const std::vector<Tensor>& x) {
-      std::vector<Tensor> y, final_state, states;
-      for (int64_t k = 0; k < 4; ++k) {
-        auto route = [k](const Tensor& t, int dim) { return ops::squeeze(ops::slice(t, dim, k, k + 1), dim); };
-        ops::SelectiveScanOptions options = route_options(x);
-        options.D = route(x[5], 0);
-        options.z = route(x[6], 1);
-        options.delta_bias = route(x[7], 0);
-        options.initial_state = route(x[8], 1);
-        options.reverse = reversed[k];
-        ops::SelectiveScanResult r = ops::selective_scan(route(x[0], 1), route(x[1], 1), route(x[2], 0),
-                                                         route(x[3], 1), route(x[4], 1), options);
-        y.push_back(ops::unsqueeze(r.y, 1));
-        final_state.push_back(ops::unsqueeze(r.final_state, 1));
-        states.push_back(ops::unsqueeze(r.states, 1));
-      }
-      return flatten_result({ops::concat(y, 1), ops::concat(final_state, 1), ops::concat(states, 1)});
+      return flatten_result(testing::scan_routes_one_by_one(x, reversed));
     };
     auto run = [&](auto&& f) {
       std::vector<Tensor> x;

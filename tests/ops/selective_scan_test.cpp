@@ -10,6 +10,7 @@
 
 #include "strata/ops/ssm.h"
 #include "support/check.h"
+#include "support/selective_scan_routes.h"
 
 using namespace strata;
 
@@ -332,17 +333,7 @@ std::vector<Tensor> make_route_inputs(const RoutesCase& c, uint64_t seed) {
   return inputs;
 }
 
-ops::SelectiveScanOptions route_options(const std::vector<Tensor>& in) {
-  ops::SelectiveScanOptions options;
-  options.D = in[5];
-  options.z = in[6];
-  options.delta_bias = in[7];
-  options.initial_state = in[8];
-  options.delta_softplus = true;
-  options.return_final_state = true;
-  options.return_states = true;
-  return options;
-}
+using testing::route_options;
 
 // y, final state and per-step states of the K routes, flattened and joined.
 Tensor flatten_result(const ops::SelectiveScanResult& r) {
@@ -353,24 +344,9 @@ Tensor routes_in_one_launch(const RoutesCase& c, const std::vector<Tensor>& in) 
   return flatten_result(ops::selective_scan_routes(in[0], in[1], in[2], in[3], in[4], c.reversed, route_options(in)));
 }
 
-// The same as K calls of selective_scan, route k on the slices [:, k] (or [k]).
+// The same as K calls of selective_scan (testing::scan_routes_one_by_one).
 Tensor routes_one_by_one(const RoutesCase& c, const std::vector<Tensor>& in) {
-  std::vector<Tensor> y, final_state, states;
-  for (int64_t k = 0; k < c.routes; ++k) {
-    auto route = [k](const Tensor& t, int dim) { return ops::squeeze(ops::slice(t, dim, k, k + 1), dim); };
-    ops::SelectiveScanOptions options = route_options(in);
-    options.D = route(in[5], 0);
-    options.z = route(in[6], 1);
-    options.delta_bias = route(in[7], 0);
-    options.initial_state = route(in[8], 1);
-    options.reverse = c.reversed[k];
-    ops::SelectiveScanResult r = ops::selective_scan(route(in[0], 1), route(in[1], 1), route(in[2], 0),
-                                                     route(in[3], 1), route(in[4], 1), options);
-    y.push_back(ops::unsqueeze(r.y, 1));
-    final_state.push_back(ops::unsqueeze(r.final_state, 1));
-    states.push_back(ops::unsqueeze(r.states, 1));
-  }
-  return flatten_result({ops::concat(y, 1), ops::concat(final_state, 1), ops::concat(states, 1)});
+  return flatten_result(testing::scan_routes_one_by_one(in, c.reversed));
 }
 
 }  // namespace
