@@ -14,6 +14,7 @@
 #include "strata/ops/attention.h"
 #include "support/check.h"
 #include "support/cli.h"
+#include "support/temporary_folder.h"
 
 namespace fs = std::filesystem;
 using namespace strata;
@@ -24,16 +25,6 @@ using Result = testing::CommandResult;
 using testing::run_strata;
 using testing::slurp;
 
-// A fresh folder per test case, removed at the end.
-struct Scratch {
-  fs::path path;
-  explicit Scratch(const std::string& name)
-      : path(fs::temp_directory_path() / fmt::format("strata-attention-cli-{}-{}", name, getpid())) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~Scratch() { fs::remove_all(path); }
-};
 
 bool has_line_starting(const std::string& text, const std::string& start) {
   std::istringstream lines(text);
@@ -140,7 +131,7 @@ void check_outputs(const fs::path& path, const std::map<std::string, Tensor>& ex
 }  // namespace
 
 TEST_CASE("bench attention on the CPU prints a dense line per pass and a sparse line per layout") {
-  Scratch scratch("bench");
+  testing::TemporaryFolder scratch("attention-cli-bench");
   fs::path layouts = scratch.path / "layouts";
   Result r = run_strata("bench attention --device cpu --export-layouts " + layouts.string());
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
@@ -191,7 +182,7 @@ TEST_CASE("bench attention on the CPU prints a dense line per pass and a sparse 
 }
 
 TEST_CASE("op attention writes the outputs and gradients of ops::attention") {
-  Scratch scratch("op");
+  testing::TemporaryFolder scratch("attention-cli-op");
   AttentionInputs inputs = make_inputs(2, 37, 41);
   for (bool causal : {false, true}) {
     CAPTURE(causal);
@@ -203,7 +194,7 @@ TEST_CASE("op attention writes the outputs and gradients of ops::attention") {
 }
 
 TEST_CASE("op attention with a CSR layout runs the block-sparse op") {
-  Scratch scratch("layout");
+  testing::TemporaryFolder scratch("attention-cli-layout");
   AttentionInputs inputs = make_inputs(1, 150, 140);
   // Per head, blocks of 64: 3 query blocks, 3 key blocks; head 1 skips a whole row.
   kernels::BlockLayout layout = kernels::BlockLayout::from_lists(
@@ -233,7 +224,7 @@ TEST_CASE("op attention with a CSR layout runs the block-sparse op") {
 }
 
 TEST_CASE("op attention names the file and the dataset of bad input on one line") {
-  Scratch scratch("errors");
+  testing::TemporaryFolder scratch("attention-cli-errors");
   fs::path in = scratch.path / "in.h5", out = scratch.path / "out.h5";
   auto run = [&] { return run_strata(fmt::format("op attention {} {}", in.string(), out.string())); };
   auto check_error = [&](const Result& r, const std::vector<std::string>& parts) {

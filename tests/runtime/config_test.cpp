@@ -9,6 +9,7 @@
 
 #include "strata/config/config.h"
 #include "strata/core/error.h"
+#include "support/check.h"
 
 using strata::Error;
 using strata::config::Config;
@@ -22,14 +23,7 @@ const std::string kFixtures = [] {
   return std::string("tests/runtime/fixtures/config/");
 }();
 
-std::string message_of(const std::function<void()>& body) {
-  try {
-    body();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using strata::testing::message_of;
 
 // Reads every key of recipe.yaml, so check_all_read() has nothing left to report.
 void read_everything_in_recipe(const Config& c) {

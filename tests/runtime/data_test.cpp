@@ -20,6 +20,8 @@
 #include "strata/data/fashion_mnist.h"
 #include "strata/data/loader.h"
 #include "strata/data/synthetic.h"
+#include "support/check.h"
+#include "support/temporary_folder.h"
 
 using namespace strata;
 using namespace strata::data;
@@ -27,24 +29,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TemporaryFolder {
-  fs::path path;
-  explicit TemporaryFolder(const std::string& name)
-      : path(fs::temp_directory_path() / fmt::format("strata-data-test-{}-{}", name, getpid())) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TemporaryFolder() { fs::remove_all(path); }
-};
+using testing::TemporaryFolder;
 
-std::string message_of(const std::function<void()>& body) {
-  try {
-    body();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using testing::message_of;
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -100,7 +87,7 @@ std::vector<uint8_t> idx_header(uint32_t magic, std::vector<uint32_t> dims) {
 // Byte corpora
 
 TEST_CASE("a small text becomes train.bin, val.bin and meta.json, read as shifted windows") {
-  TemporaryFolder folder("corpus");
+  TemporaryFolder folder("data-test-corpus");
   std::string text;
   for (int i = 0; i < 1000; ++i) text += static_cast<char>('a' + (i * 7) % 26);
   std::ofstream(folder.path / "input.txt", std::ios::binary) << text;
@@ -167,7 +154,7 @@ TEST_CASE("the King James Bible comes from the bible program without verse refer
   CHECK(text.compare(text.size() - last.size(), last.size(), last) == 0);
   CHECK(text.find("Ge1:") == std::string::npos);
 
-  TemporaryFolder folder("kjv");
+  TemporaryFolder folder("data-test-kjv");
   CorpusSummary summary = prepare_bible_kjv((folder.path / "kjv").string(), 0.1);
   CHECK(summary.train_bytes + summary.val_bytes == static_cast<int64_t>(text.size()));
   CHECK(read_file(folder.path / "kjv" / "train.bin") == text.substr(0, summary.train_bytes));
@@ -217,7 +204,7 @@ TEST_CASE("Fashion-MNIST reads with the known first labels, shapes and balanced 
 }
 
 TEST_CASE("damaged Fashion-MNIST files are named with what is wrong") {
-  TemporaryFolder folder("fmnist");
+  TemporaryFolder folder("data-test-fmnist");
   const fs::path images = folder.path / "train-images-idx3-ubyte.gz", labels = folder.path / "train-labels-idx1-ubyte.gz";
   CHECK(message_of([&] { read_fashion_mnist(folder.path.string(), Split::Train); }) ==
         images.string() +

@@ -11,6 +11,8 @@
 #include <map>
 
 #include "strata/checkpoint/h5file.h"
+#include "support/check.h"
+#include "support/temporary_folder.h"
 
 using namespace strata;
 using checkpoint::H5Reader;
@@ -19,21 +21,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TemporaryFolder {
-  fs::path path = fs::temp_directory_path() / ("strata-h5file-test-" + std::to_string(getpid()));
-  TemporaryFolder() { fs::create_directories(path); }
-  ~TemporaryFolder() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
+using testing::TemporaryFolder;
 
-std::string message_of(const std::function<void()>& body) {
-  try {
-    body();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using testing::message_of;
 
 std::vector<std::string> folder_entries(const fs::path& folder) {
   std::vector<std::string> names;
@@ -52,7 +42,7 @@ std::vector<uint8_t> bytes_of(const Tensor& t) {
 }  // namespace
 
 TEST_CASE("every dtype round-trips exactly, with its shape, under dotted names in groups") {
-  TemporaryFolder folder;
+  TemporaryFolder folder("h5file-test");
   const std::string path = folder.file("tensors.h5");
   std::vector<float> values{1.0f, -2.5f, 3.140625f, 1e-3f, -0.0f, 65504.0f};
   Tensor f32 = Tensor::from_vector<float>(values, {2, 3});
@@ -101,7 +91,7 @@ TEST_CASE("every dtype round-trips exactly, with its shape, under dotted names i
 }
 
 TEST_CASE("strings and numbers round-trip; reading the wrong kind says what is stored") {
-  TemporaryFolder folder;
+  TemporaryFolder folder("h5file-test");
   const std::string path = folder.file("values.h5");
   {
     H5Writer writer(path);
@@ -131,7 +121,7 @@ TEST_CASE("strings and numbers round-trip; reading the wrong kind says what is s
 }
 
 TEST_CASE("a writer without commit() leaves nothing and never touches an existing file") {
-  TemporaryFolder folder;
+  TemporaryFolder folder("h5file-test");
   const std::string path = folder.file("checkpoint.h5");
   {
     H5Writer writer(path);
@@ -168,7 +158,7 @@ TEST_CASE("a writer without commit() leaves nothing and never touches an existin
 }
 
 TEST_CASE("missing, foreign and truncated files give one-line errors") {
-  TemporaryFolder folder;
+  TemporaryFolder folder("h5file-test");
   const std::string missing = folder.file("missing.h5");
   CHECK(message_of([&] { H5Reader reader(missing); }) == missing + ": no such file");
 
@@ -193,7 +183,7 @@ TEST_CASE("missing, foreign and truncated files give one-line errors") {
 }
 
 TEST_CASE("writer misuse is reported with the file and dataset") {
-  TemporaryFolder folder;
+  TemporaryFolder folder("h5file-test");
   const std::string path = folder.file("twice.h5");
   H5Writer writer(path);
   writer.write_tensor("/model/w", Tensor::ones({2}));

@@ -33,6 +33,16 @@ inline Tensor random(const Shape& shape, uint64_t seed, DType dtype = DType::Flo
   return rand_uniform(shape, low, high, dtype, Device::cpu(), generator);
 }
 
+// The message of the strata::Error that body() throws, or "(no error)".
+inline std::string message_of(const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
 // A float64 CPU leaf that requires grad, uniform in [low, high): an input of a
 // gradient check.
 inline Tensor leaf(const Shape& shape, uint64_t seed, double low = -1.0, double high = 1.0) {
