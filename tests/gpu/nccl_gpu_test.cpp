@@ -202,12 +202,9 @@ TEST_CASE("NCCL data parallelism: N GPUs with batch 4 each train like 1 GPU with
 
 TEST_CASE("NCCL: a killed rank ends the run in bounded time, with and without strata launch") {
   int gpus = gpus_for_test();
+  // Every record is a step's: the recipe evaluates only at the end.
   auto wait_for_steps = [](const fs::path& run, size_t steps) {
-    auto deadline = Clock::now() + std::chrono::seconds(300);
-    while (losses(run).size() < steps) {
-      REQUIRE_MESSAGE(Clock::now() < deadline, "the run did not get going");
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
+    testing::wait_for_records(run, steps, std::chrono::seconds(300));
   };
   SUBCASE("strata launch stops the others and exits non-zero") {
     BackgroundProcess launcher = start_strata(

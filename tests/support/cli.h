@@ -110,6 +110,17 @@ inline std::map<int64_t, double> losses(const std::filesystem::path& run) {
   return by_step;
 }
 
+// Waits until <run>/metrics.jsonl holds `records` records, looking every `poll`;
+// fails the test when `limit` passes first.
+inline void wait_for_records(const std::filesystem::path& run, size_t records, std::chrono::seconds limit,
+                             std::chrono::milliseconds poll = std::chrono::milliseconds(100)) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (metrics(run).size() < records) {
+    REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline, "the run did not get going");
+    std::this_thread::sleep_for(poll);
+  }
+}
+
 // Keeps the metrics of steps <= step and the checkpoints up to it: the run as it
 // was when it stopped there.
 inline void rewind(const std::filesystem::path& run, int64_t step) {

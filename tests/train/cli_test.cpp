@@ -29,6 +29,7 @@ using strata::testing::losses;
 using strata::testing::metrics;
 using strata::testing::rewind;
 using strata::testing::wait_for;
+using strata::testing::wait_for_records;
 
 // A strata program in the background, its output under build/test-runs/cli-logs/<name>.
 BackgroundProcess start_strata(const std::string& arguments, const std::string& name) {
@@ -148,9 +149,7 @@ TEST_CASE("SIGTERM finishes the step, writes a loadable checkpoint and exits 0")
   fs::path run = "build/test-runs/sigterm";
   fs::remove_all(run);
   BackgroundProcess training = start_strata("train " + tiny("sigterm", "train.steps=100000"), "sigterm");
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (metrics(run).size() < 3 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  wait_for_records(run, 3, std::chrono::seconds(120));
   kill(training.pid, SIGTERM);
   CHECK_MESSAGE(wait_for(training, std::chrono::seconds(120)) == 0, strata::testing::slurp(training.err));
   std::vector<fs::path> checkpoints;
@@ -167,9 +166,7 @@ TEST_CASE("kill -9 at any moment leaves only checkpoints that load") {
   // A checkpoint every step, so the kill lands during or between writes.
   BackgroundProcess training = start_strata(
       "train " + tiny("kill9", "train.steps=100000 train.checkpoint_every=1 train.keep_checkpoints=2"), "kill9");
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (metrics(run).size() < 5 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(37));
+  wait_for_records(run, 5, std::chrono::seconds(120), std::chrono::milliseconds(37));
   kill(training.pid, SIGKILL);
   waitpid(training.pid, nullptr, 0);
   int64_t logged = static_cast<int64_t>(losses(run).size());
