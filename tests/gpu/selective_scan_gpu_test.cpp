@@ -17,7 +17,7 @@
 //    rounded to bfloat16 too. The float32 run is the one that pins the algorithm.
 #include "strata/ops/ssm.h"
 #include "support/check.h"
-#include "support/selective_scan_routes.h"
+#include "support/selective_scan.h"
 
 using namespace strata;
 
@@ -49,17 +49,13 @@ std::vector<Tensor> make_inputs(const GpuScanCase& c, uint64_t seed) {
   return inputs;
 }
 
+using testing::all_scan_options;
+
 // y, the final state and (when the case asks) the per-step states, the states in
 // y's dtype, flattened into one tensor.
 Tensor scan_everything(const GpuScanCase& c, const std::vector<Tensor>& in) {
-  ops::SelectiveScanOptions options;
-  options.D = in[5];
-  options.z = in[6];
-  options.delta_bias = in[7];
-  options.initial_state = in[8];
-  options.delta_softplus = true;
+  ops::SelectiveScanOptions options = all_scan_options(in);
   options.reverse = c.reverse;
-  options.return_final_state = true;
   options.return_states = c.states;
   ops::SelectiveScanResult result = ops::selective_scan(in[0], in[1], in[2], in[3], in[4], options);
   const DType dtype = result.y.dtype();
@@ -148,8 +144,6 @@ std::vector<Tensor> make_route_inputs(int64_t batch, int64_t routes, int64_t d_i
   return inputs;
 }
 
-using testing::route_options;
-
 Tensor flatten_result(const ops::SelectiveScanResult& r) {
   const DType dtype = r.y.dtype();
   return ops::concat({ops::reshape(r.y, {-1}), ops::reshape(ops::cast(r.final_state, dtype), {-1}),
@@ -166,7 +160,7 @@ TEST_CASE("selective_scan_routes on CUDA matches the CPU and K separate CUDA sca
     MESSAGE("selective_scan_routes K 4 (two reversed), batch 2, d_inner 96, length 300, N " << d_state);
     std::vector<Tensor> in = make_route_inputs(2, 4, 96, 300, d_state, 70 + d_state);
     auto together = [&](const std::vector<Tensor>& x) {
-      return flatten_result(ops::selective_scan_routes(x[0], x[1], x[2], x[3], x[4], reversed, route_options(x)));
+      return flatten_result(ops::selective_scan_routes(x[0], x[1], x[2], x[3], x[4], reversed, all_scan_options(x)));
     };
     // Tolerances as for the single scan (top of this file).
     testing::check_cuda_matches_cpu(together, in, DType::Float32, 2e-4);

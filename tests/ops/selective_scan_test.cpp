@@ -10,7 +10,7 @@
 
 #include "strata/ops/ssm.h"
 #include "support/check.h"
-#include "support/selective_scan_routes.h"
+#include "support/selective_scan.h"
 
 using namespace strata;
 
@@ -333,7 +333,7 @@ std::vector<Tensor> make_route_inputs(const RoutesCase& c, uint64_t seed) {
   return inputs;
 }
 
-using testing::route_options;
+using testing::all_scan_options;
 
 // y, final state and per-step states of the K routes, flattened and joined.
 Tensor flatten_result(const ops::SelectiveScanResult& r) {
@@ -341,7 +341,8 @@ Tensor flatten_result(const ops::SelectiveScanResult& r) {
 }
 
 Tensor routes_in_one_launch(const RoutesCase& c, const std::vector<Tensor>& in) {
-  return flatten_result(ops::selective_scan_routes(in[0], in[1], in[2], in[3], in[4], c.reversed, route_options(in)));
+  return flatten_result(
+      ops::selective_scan_routes(in[0], in[1], in[2], in[3], in[4], c.reversed, all_scan_options(in)));
 }
 
 // The same as K calls of selective_scan (testing::scan_routes_one_by_one).

@@ -1,6 +1,6 @@
-// selective_scan_routes in the tests (the CPU test and the CUDA test): the options
-// its routes run with there, and the same computation as K separate selective_scan
-// calls, which it must equal.
+// selective_scan and selective_scan_routes in the tests (the CPU test and the CUDA
+// test): their options with every input and output on, and the routes computed as K
+// separate selective_scan calls, which selective_scan_routes must equal.
 #pragma once
 
 #include <vector>
@@ -10,10 +10,11 @@
 
 namespace strata::testing {
 
-// in: u, delta, A, B, C, D, z, delta_bias, initial_state in the layouts of
-// selective_scan_routes. Every option is on: D, the gate z, delta_bias with
-// softplus, the initial state, and the final and per-step states as outputs.
-inline ops::SelectiveScanOptions route_options(const std::vector<Tensor>& in) {
+// in: u, delta, A, B, C, D, z, delta_bias, initial_state, in the layouts of
+// selective_scan or of selective_scan_routes. Every option is on: D, the gate z,
+// delta_bias with softplus, the initial state, and the final and per-step states
+// as outputs; the scan runs forward.
+inline ops::SelectiveScanOptions all_scan_options(const std::vector<Tensor>& in) {
   ops::SelectiveScanOptions options;
   options.D = in[5];
   options.z = in[6];
@@ -25,7 +26,7 @@ inline ops::SelectiveScanOptions route_options(const std::vector<Tensor>& in) {
   return options;
 }
 
-// selective_scan_routes(in, reversed, route_options(in)) as K calls of
+// selective_scan_routes(in, reversed, all_scan_options(in)) as K calls of
 // selective_scan, route k on the slices [:, k] (or [k] for the per-route
 // parameters), its outputs stacked along dim 1 as selective_scan_routes returns them.
 inline ops::SelectiveScanResult scan_routes_one_by_one(const std::vector<Tensor>& in,
@@ -33,7 +34,7 @@ inline ops::SelectiveScanResult scan_routes_one_by_one(const std::vector<Tensor>
   std::vector<Tensor> y, final_state, states;
   for (int64_t k = 0; k < in[0].size(1); ++k) {
     auto route = [k](const Tensor& t, int dim) { return ops::squeeze(ops::slice(t, dim, k, k + 1), dim); };
-    ops::SelectiveScanOptions options = route_options(in);
+    ops::SelectiveScanOptions options = all_scan_options(in);
     options.D = route(in[5], 0);
     options.z = route(in[6], 1);
     options.delta_bias = route(in[7], 0);
