@@ -27,16 +27,8 @@ using kernels::SsdGrads;
 using kernels::SsdInputs;
 using kernels::SsdSizes;
 
-using detail::check_activation;
-using detail::check_parameter;
-using detail::check_rank;
-using detail::check_shape;
-using detail::for_cpu_dtype;
-using detail::kept;
-using detail::pointer;
-using detail::prepared;
-using detail::raw_pointer;
-using detail::state_dtype_for;
+// The argument checks and kernel-argument helpers of op_utils.h and state_space_utils.h.
+using namespace detail;
 
 // ---- chunked SSD ------------------------------------------------------------------
 

@@ -33,16 +33,8 @@ using kernels::SelectiveScanInputs;
 using kernels::SelectiveScanOutputs;
 using kernels::SelectiveScanSizes;
 
-using detail::check_activation;
-using detail::check_parameter;
-using detail::check_rank;
-using detail::check_shape;
-using detail::for_cpu_dtype;
-using detail::kept;
-using detail::pointer;
-using detail::prepared;
-using detail::raw_pointer;
-using detail::state_dtype_for;
+// The argument checks and kernel-argument helpers of op_utils.h and state_space_utils.h.
+using namespace detail;
 
 // ---- selective scan -------------------------------------------------------------
 
