@@ -109,12 +109,8 @@ NaiveResult naive_scan(const ScanCase& c, const std::vector<Tensor>& in) {
   return result;
 }
 
-void check_close(const std::vector<double>& actual, const std::vector<double>& expected, double tolerance) {
-  REQUIRE(actual.size() == expected.size());
-  double worst = 0.0;
-  for (size_t i = 0; i < actual.size(); ++i) worst = std::max(worst, std::fabs(actual[i] - expected[i]));
-  CHECK_MESSAGE(worst <= tolerance, "max |difference| " << worst << " > " << tolerance);
-}
+using testing::check_close;
+using testing::detached;
 
 // Positions reversed along the last dim.
 Tensor flip_last(const Tensor& t) {
@@ -168,9 +164,7 @@ TEST_CASE("selective_scan matches a naive per-step loop for every flag") {
       check_close(result.y.to_vector<double>(), expected.y, 1e-13);
       check_close(result.final_state.to_vector<double>(), expected.final_state, 1e-13);
       // float32 computes in float32 with a float32 state.
-      std::vector<Tensor> in32;
-      for (const Tensor& t : in) in32.push_back(t.detach().to(DType::Float32));
-      ops::SelectiveScanResult result32 = run_scan(c, in32);
+      ops::SelectiveScanResult result32 = run_scan(c, detached(in, DType::Float32));
       CHECK(result32.y.dtype() == DType::Float32);
       CHECK(result32.final_state.dtype() == DType::Float32);
       check_close(result32.y.to_vector<double>(), expected.y, 1e-5);
@@ -281,9 +275,7 @@ TEST_CASE("selective_scan per-step states match the naive loop and end in the fi
     Tensor last = ops::squeeze(ops::slice(result.states, 2, reverse ? 0 : c.length - 1, reverse ? 1 : c.length), 2);
     check_close(last.to_vector<double>(), result.final_state.to_vector<double>(), 0.0);
 
-    std::vector<Tensor> in32;
-    for (const Tensor& t : in) in32.push_back(t.detach().to(DType::Float32));
-    ops::SelectiveScanResult result32 = run_scan(c, in32);
+    ops::SelectiveScanResult result32 = run_scan(c, detached(in, DType::Float32));
     CHECK(result32.states.dtype() == DType::Float32);
     check_close(result32.states.to_vector<double>(), expected.states, 1e-5);
   }
@@ -527,8 +519,7 @@ TEST_CASE("selective_scan_step reproduces the scan token by token") {
     ScanCase c;
     c.length = 6, c.d_inner = 6, c.groups = 3, c.d_state = 5;
     c.with_D = c.with_z = c.with_delta_bias = c.softplus = c.final_state = true;
-    std::vector<Tensor> in;
-    for (const Tensor& t : make_inputs(c, 600)) in.push_back(t.detach().to(dtype));
+    std::vector<Tensor> in = detached(make_inputs(c, 600), dtype);
     ops::SelectiveScanResult scan = run_scan(c, in);
 
     autograd::NoGradGuard no_grad;

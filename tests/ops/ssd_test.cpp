@@ -104,18 +104,9 @@ NaiveResult naive_recurrence(const SsdCase& c, const std::vector<Tensor>& in) {
   return result;
 }
 
-void check_close(const std::vector<double>& actual, const std::vector<double>& expected, double tolerance) {
-  REQUIRE(actual.size() == expected.size());
-  double worst = 0.0;
-  for (size_t i = 0; i < actual.size(); ++i) worst = std::max(worst, std::fabs(actual[i] - expected[i]));
-  CHECK_MESSAGE(worst <= tolerance, "max |difference| " << worst << " > " << tolerance);
-}
+using testing::check_close;
 
-std::vector<Tensor> detached(const std::vector<Tensor>& in, DType dtype) {
-  std::vector<Tensor> out;
-  for (const Tensor& t : in) out.push_back(t.detach().to(dtype));
-  return out;
-}
+using testing::detached;
 
 }  // namespace
 

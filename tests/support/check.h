@@ -52,6 +52,21 @@ inline Tensor leaf(const Shape& shape, uint64_t seed, double low = -1.0, double 
 // The elements of t as doubles, in row-major order.
 inline std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
 
+// Copies of `inputs` in `dtype`, without autograd history.
+inline std::vector<Tensor> detached(const std::vector<Tensor>& inputs, DType dtype) {
+  std::vector<Tensor> out;
+  for (const Tensor& t : inputs) out.push_back(t.detach().to(dtype));
+  return out;
+}
+
+// Checks max |actual - expected| <= tolerance, element by element, and prints it when not.
+inline void check_close(const std::vector<double>& actual, const std::vector<double>& expected, double tolerance) {
+  REQUIRE(actual.size() == expected.size());
+  double worst = 0.0;
+  for (size_t i = 0; i < actual.size(); ++i) worst = std::max(worst, std::fabs(actual[i] - expected[i]));
+  CHECK_MESSAGE(worst <= tolerance, "max |difference| " << worst << " > " << tolerance);
+}
+
 inline double max_abs_difference(const Tensor& a, const Tensor& b) {
   REQUIRE(a.shape() == b.shape());
   std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
