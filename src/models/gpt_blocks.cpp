@@ -1,6 +1,7 @@
 #include "models/gpt_blocks.h"
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "strata/ops/ops.h"
@@ -35,6 +36,35 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
   Tensor context = ops::matmul(probabilities, v);  // (batch, heads, length, d_head)
   context = ops::reshape(ops::permute(context, {0, 2, 1, 3}), {batch, length, d_model});
   return ops::dropout(out_->forward(context), dropout_, is_training());
+}
+
+GPTLanguageModel::GPTLanguageModel(std::string family, const Ends& ends, Generator& generator,
+                                   const BlockFactory& make_block)
+    : family_(std::move(family)), ends_(ends) {
+  token_embedding_ =
+      register_module("token_embedding", std::make_shared<nn::Embedding>(ends.vocab_size, ends.d_model, generator));
+  position_embedding_ =
+      register_module("position_embedding", std::make_shared<nn::Embedding>(ends.max_length, ends.d_model, generator));
+  layers_ = register_module("layers", std::make_shared<nn::ModuleList>());
+  for (int64_t i = 0; i < ends.n_layers; ++i) layers_->push_back(make_block(i));
+  final_norm_ = register_module("final_norm", make_norm(ends.norm, ends.d_model));
+  if (!ends.tie_embeddings)
+    head_ = register_module("head", std::make_shared<nn::Linear>(ends.d_model, ends.vocab_size, false, generator));
+}
+
+Tensor GPTLanguageModel::embed(const Tensor& tokens) {
+  STRATA_CHECK(tokens.dim() == 2, "{}: tokens must be (batch, length), got {}", family_, tokens.str());
+  int64_t length = tokens.size(1);
+  STRATA_CHECK(length <= ends_.max_length, "{}: sequence length {} exceeds model.max_length {}", family_, length,
+               ends_.max_length);
+  Tensor positions = Tensor::arange(length, DType::Int64, tokens.device());
+  Tensor x = ops::add(token_embedding_->forward(tokens), position_embedding_->forward(positions));
+  return ops::dropout(x, ends_.dropout, is_training());
+}
+
+Tensor GPTLanguageModel::logits(const Tensor& x) {
+  Tensor normed = apply_norm(final_norm_, x);
+  return head_ ? head_->forward(normed) : ops::linear(normed, token_embedding_->weight());
 }
 
 }  // namespace strata::models

@@ -133,40 +133,28 @@ class MoETransformerBlock : public nn::Module {
   std::shared_ptr<nn::ProductKeyMemory> memory_;
 };
 
-class MoETransformerLM : public Model {
+class MoETransformerLM : public GPTLanguageModel {
  public:
-  MoETransformerLM(const MoETransformerOptions& o, Generator& generator) : options_(o) {
-    token_embedding_ = register_module("token_embedding", std::make_shared<nn::Embedding>(o.vocab_size, o.d_model, generator));
-    position_embedding_ =
-        register_module("position_embedding", std::make_shared<nn::Embedding>(o.max_length, o.d_model, generator));
-    layers_ = register_module("layers", std::make_shared<nn::ModuleList>());
-    for (int64_t i = 0; i < o.n_layers; ++i) layers_->push_back(std::make_shared<MoETransformerBlock>(o, i, generator));
-    final_norm_ = register_module("final_norm", make_norm(o.norm, o.d_model));
-    if (!o.tie_embeddings)
-      head_ = register_module("head", std::make_shared<nn::Linear>(o.d_model, o.vocab_size, false, generator));
-  }
+  MoETransformerLM(const MoETransformerOptions& o, Generator& generator)
+      : GPTLanguageModel("moe_transformer", ends_of(o), generator,
+                         [&](int64_t i) { return std::make_shared<MoETransformerBlock>(o, i, generator); }),
+        activation_checkpointing_(o.activation_checkpointing) {}
 
   Tensor forward(const Tensor& tokens) override {
-    STRATA_CHECK(tokens.dim() == 2, "moe_transformer: tokens must be (batch, length), got {}", tokens.str());
-    int64_t length = tokens.size(1);
-    STRATA_CHECK(length <= options_.max_length, "moe_transformer: sequence length {} exceeds model.max_length {}",
-                 length, options_.max_length);
-    Tensor positions = Tensor::arange(length, DType::Int64, tokens.device());
-    Tensor x = ops::add(token_embedding_->forward(tokens), position_embedding_->forward(positions));
-    x = ops::dropout(x, options_.dropout, is_training());
+    Tensor x = embed(tokens);
     auxiliary_loss_ = Tensor();
-    for (size_t i = 0; i < layers_->size(); ++i) {
-      auto block = layers_->get<MoETransformerBlock>(i);
+    for (size_t i = 0; i < block_count(); ++i) {
+      auto layer = block<MoETransformerBlock>(i);
       std::vector<Tensor> outputs =
-          options_.activation_checkpointing && is_training()
-              ? autograd::checkpoint([block](const std::vector<Tensor>& in) { return block->forward(in[0]); }, {x},
+          activation_checkpointing_ && is_training()
+              ? autograd::checkpoint([layer](const std::vector<Tensor>& in) { return layer->forward(in[0]); }, {x},
                                      "checkpoint(moe transformer block)")
-              : block->forward(x);
+              : layer->forward(x);
       x = outputs[0];
-      if (outputs.size() > 1) auxiliary_loss_ = auxiliary_loss_.defined() ? ops::add(auxiliary_loss_, outputs[1]) : outputs[1];
+      if (outputs.size() > 1)
+        auxiliary_loss_ = auxiliary_loss_.defined() ? ops::add(auxiliary_loss_, outputs[1]) : outputs[1];
     }
-    x = apply_norm(final_norm_, x);
-    return head_ ? head_->forward(x) : ops::linear(x, token_embedding_->weight());
+    return logits(x);
   }
 
   // The summed, weighted auxiliary losses of the MoE blocks in the last forward pass
@@ -179,10 +167,10 @@ class MoETransformerLM : public Model {
   // pkm.<i>.usage (the fraction of value rows read).
   std::vector<std::pair<std::string, double>> metrics() override {
     std::vector<std::pair<std::string, double>> out;
-    for (size_t i = 0; i < layers_->size(); ++i) {
-      auto block = layers_->get<MoETransformerBlock>(i);
-      if (block->moe()) {
-        nn::ExpertUsage usage = block->moe()->usage();
+    for (size_t i = 0; i < block_count(); ++i) {
+      auto layer = block<MoETransformerBlock>(i);
+      if (layer->moe()) {
+        nn::ExpertUsage usage = layer->moe()->usage();
         if (usage.assignments == 0) continue;
         const std::string prefix = "moe." + std::to_string(i) + ".";
         const double assignments = static_cast<double>(usage.assignments);
@@ -193,20 +181,13 @@ class MoETransformerLM : public Model {
         out.emplace_back(prefix + "load_balance", usage.load_balancing_loss);
         out.emplace_back(prefix + "z_loss", usage.z_loss);
       }
-      if (block->memory()) out.emplace_back("pkm." + std::to_string(i) + ".usage", block->memory()->value_usage());
+      if (layer->memory()) out.emplace_back("pkm." + std::to_string(i) + ".usage", layer->memory()->value_usage());
     }
     return out;
   }
 
-  Task task() const override { return Task::LanguageModel; }
-  int64_t max_length() const override { return options_.max_length; }
-
  private:
-  MoETransformerOptions options_;
-  std::shared_ptr<nn::Embedding> token_embedding_, position_embedding_;
-  std::shared_ptr<nn::ModuleList> layers_;
-  std::shared_ptr<nn::Module> final_norm_;
-  std::shared_ptr<nn::Linear> head_;
+  bool activation_checkpointing_;
   Tensor auxiliary_loss_;
 };
 

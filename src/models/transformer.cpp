@@ -74,49 +74,29 @@ class TransformerBlock : public nn::Module {
   std::shared_ptr<nn::GatedMLP> gated_mlp_;
 };
 
-class TransformerLM : public Model {
+class TransformerLM : public GPTLanguageModel {
  public:
-  TransformerLM(const TransformerOptions& o, Generator& generator) : options_(o) {
-    token_embedding_ = register_module("token_embedding", std::make_shared<nn::Embedding>(o.vocab_size, o.d_model, generator));
-    position_embedding_ =
-        register_module("position_embedding", std::make_shared<nn::Embedding>(o.max_length, o.d_model, generator));
-    layers_ = register_module("layers", std::make_shared<nn::ModuleList>());
-    for (int64_t i = 0; i < o.n_layers; ++i) layers_->push_back(std::make_shared<TransformerBlock>(o, generator));
-    final_norm_ = register_module("final_norm", make_norm(o.norm, o.d_model));
-    if (!o.tie_embeddings)
-      head_ = register_module("head", std::make_shared<nn::Linear>(o.d_model, o.vocab_size, false, generator));
-  }
+  TransformerLM(const TransformerOptions& o, Generator& generator)
+      : GPTLanguageModel("transformer", ends_of(o), generator,
+                         [&](int64_t) { return std::make_shared<TransformerBlock>(o, generator); }),
+        activation_checkpointing_(o.activation_checkpointing) {}
 
   Tensor forward(const Tensor& tokens) override {
-    STRATA_CHECK(tokens.dim() == 2, "transformer: tokens must be (batch, length), got {}", tokens.str());
-    int64_t length = tokens.size(1);
-    STRATA_CHECK(length <= options_.max_length, "transformer: sequence length {} exceeds model.max_length {}", length,
-                 options_.max_length);
-    Tensor positions = Tensor::arange(length, DType::Int64, tokens.device());
-    Tensor x = ops::add(token_embedding_->forward(tokens), position_embedding_->forward(positions));
-    x = ops::dropout(x, options_.dropout, is_training());
-    for (size_t i = 0; i < layers_->size(); ++i) {
-      auto block = layers_->get<TransformerBlock>(i);
-      if (options_.activation_checkpointing && is_training()) {
-        x = autograd::checkpoint([block](const std::vector<Tensor>& in) { return std::vector<Tensor>{block->forward(in[0])}; },
-                                 {x}, "checkpoint(transformer block)")[0];
+    Tensor x = embed(tokens);
+    for (size_t i = 0; i < block_count(); ++i) {
+      auto layer = block<TransformerBlock>(i);
+      if (activation_checkpointing_ && is_training()) {
+        auto run_block = [layer](const std::vector<Tensor>& in) { return std::vector<Tensor>{layer->forward(in[0])}; };
+        x = autograd::checkpoint(run_block, {x}, "checkpoint(transformer block)")[0];
       } else {
-        x = block->forward(x);
+        x = layer->forward(x);
       }
     }
-    x = apply_norm(final_norm_, x);
-    return head_ ? head_->forward(x) : ops::linear(x, token_embedding_->weight());
+    return logits(x);
   }
 
-  Task task() const override { return Task::LanguageModel; }
-  int64_t max_length() const override { return options_.max_length; }
-
  private:
-  TransformerOptions options_;
-  std::shared_ptr<nn::Embedding> token_embedding_, position_embedding_;
-  std::shared_ptr<nn::ModuleList> layers_;
-  std::shared_ptr<nn::Module> final_norm_;
-  std::shared_ptr<nn::Linear> head_;
+  bool activation_checkpointing_;
 };
 
 const bool registered = register_family("transformer", [](const config::Config& c, Generator& generator) {
