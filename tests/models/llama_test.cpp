@@ -14,6 +14,7 @@
 #include "strata/optim/grad_clip.h"
 #include "strata/optim/optimizer.h"
 #include "support/check.h"
+#include "support/decoding.h"
 
 using namespace strata;
 
@@ -102,12 +103,7 @@ TEST_CASE("llama decoding with a KV cache gives the logits of the full forward (
     Tensor full = model->forward(tokens);
     std::unique_ptr<models::DecodingState> state = model->start_decoding(batch);
     REQUIRE(state != nullptr);
-    double worst = 0;
-    for (int64_t t = 0; t < length; ++t) {
-      Tensor logits = model->decode(ops::contiguous(ops::squeeze(ops::slice(tokens, 1, t, t + 1), 1)), *state);
-      REQUIRE(logits.shape() == Shape{batch, 11});
-      worst = std::max(worst, testing::max_abs_difference(logits, ops::squeeze(ops::slice(full, 1, t, t + 1), 1)));
-    }
+    double worst = testing::max_decode_difference(*model, *state, tokens, full, 11);
     CHECK_MESSAGE(worst < 1e-11, "max |decode - forward| = " << worst);
   }
   auto neighborhood = build(with_attention("    pattern: neighborhood\n    window_blocks: 2\n"));
