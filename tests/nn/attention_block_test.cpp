@@ -10,6 +10,7 @@
 #include "strata/autograd/autograd.h"
 #include "strata/ops/ops.h"
 #include "strata/ops/rope.h"
+#include "support/attention_block.h"
 #include "support/check.h"
 
 using namespace strata;
@@ -37,17 +38,8 @@ nn::AttentionBlockOptions small_options(nn::AttentionPattern pattern) {
 // A block in double with the pattern's extra parameters set away from their
 // initial values (zero sinks and temperature weights would hide their terms).
 std::shared_ptr<nn::AttentionBlock> make_block(const nn::AttentionBlockOptions& o, uint64_t seed) {
-  Generator generator{seed, 0};
-  auto block = std::make_shared<nn::AttentionBlock>(o, generator);
-  block->to(DType::Float64);
-  autograd::NoGradGuard no_grad;
-  const std::vector<std::pair<std::string, double>> ranges{
-      {"sinks", 1.0}, {"query_temperature_weight", 0.5}, {"value_temperature_weight", 0.5}};
-  for (const auto& [name, range] : ranges) {
-    for (nn::NamedParameter& p : block->named_parameters())
-      if (p.name == name) p.tensor.copy_(testing::random(p.tensor.shape(), seed + 7, DType::Float64, -range, range));
-  }
-  return block;
+  return testing::attention_block_in_double(
+      o, seed, {{"sinks", 1.0}, {"query_temperature_weight", 0.5}, {"value_temperature_weight", 0.5}});
 }
 
 bool is_power_of_two(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }

@@ -14,6 +14,7 @@
 #include "strata/ops/ops.h"
 #include "strata/ops/rope.h"
 #include "strata/optim/optimizer.h"
+#include "support/attention_block.h"
 #include "support/check.h"
 
 using namespace strata;
@@ -35,13 +36,7 @@ nn::AttentionBlockOptions dma_options(int64_t keep_window) {
 // A block in double with A drawn away from its initial zero (a zero A makes every
 // bias 0, and the selection a plain "first keep_window keys").
 std::shared_ptr<nn::AttentionBlock> make_block(const nn::AttentionBlockOptions& o, uint64_t seed) {
-  Generator generator{seed, 0};
-  auto block = std::make_shared<nn::AttentionBlock>(o, generator);
-  block->to(DType::Float64);
-  autograd::NoGradGuard no_grad;
-  for (nn::NamedParameter& p : block->named_parameters())
-    if (p.name == "A") p.tensor.copy_(testing::random(p.tensor.shape(), seed + 7, DType::Float64, -2.0, 2.0));
-  return block;
+  return testing::attention_block_in_double(o, seed, {{"A", 2.0}});
 }
 
 // (batch, length, heads * head_dim) -> (batch, heads, length, head_dim)
