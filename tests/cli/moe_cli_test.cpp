@@ -1,7 +1,5 @@
 // End-to-end tests of `strata bench moe` and `strata op moe`, run through the built
 // binary (STRATA_BINARY) on the CPU.
-#include <unistd.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +11,7 @@
 #include "strata/ops/ops.h"
 #include "support/check.h"
 #include "support/cli.h"
+#include "support/temporary_folder.h"
 
 namespace fs = std::filesystem;
 using namespace strata;
@@ -22,11 +21,7 @@ namespace {
 using Result = testing::CommandResult;
 using testing::run_strata;
 
-fs::path scratch_dir() {
-  fs::path dir = fs::temp_directory_path() / fmt::format("strata-moe-cli-test-{}", getpid());
-  fs::create_directories(dir);
-  return dir;
-}
+using testing::TemporaryFolder;
 
 struct MoEInputs {
   Tensor x, router_weight, w_gate, w_up, w_down, grad_output;
@@ -70,7 +65,8 @@ TEST_CASE("strata bench moe runs at its CPU smoke size and prints every line") {
 }
 
 TEST_CASE("strata op moe writes the layer's output, routing and gradients as the ops compute them") {
-  const fs::path dir = scratch_dir();
+  TemporaryFolder scratch("moe-cli-test");
+  const fs::path dir = scratch.path;
   const int64_t tokens = 13, d_model = 6, experts = 4, hidden = 5;
   MoEInputs in = random_inputs(tokens, d_model, experts, hidden);
   write_inputs(dir / "in.h5", in, true);
@@ -117,11 +113,11 @@ TEST_CASE("strata op moe writes the layer's output, routing and gradients as the
     // float64 on both sides, the same ops in a different grouping of gate and up.
     CHECK(testing::max_abs_difference(written.to(DType::Float64), tensor.detach().to(DType::Float64)) <= 1e-12);
   }
-  fs::remove_all(dir);
 }
 
 TEST_CASE("strata op moe names the file and the dataset it cannot use, and writes nothing") {
-  const fs::path dir = scratch_dir();
+  TemporaryFolder scratch("moe-cli-test");
+  const fs::path dir = scratch.path;
   MoEInputs in = random_inputs(5, 4, 3, 2);
   write_inputs(dir / "in.h5", in, false);
   Result r = run_strata(fmt::format("op moe {0}/in.h5 {0}/out.h5", dir.string()));
@@ -148,11 +144,11 @@ TEST_CASE("strata op moe names the file and the dataset it cannot use, and write
   CHECK(r.err.find("bad_top_k.h5") != std::string::npos);
   CHECK(r.err.find("top_k = 7") != std::string::npos);
   CHECK_FALSE(fs::exists(dir / "out.h5"));
-  fs::remove_all(dir);
 }
 
 TEST_CASE("strata plot draws expert utilisation over training: one curve per metric of a prefix") {
-  const fs::path run = scratch_dir() / "moe-run";
+  TemporaryFolder scratch("moe-cli-test");
+  const fs::path run = scratch.path / "moe-run";
   fs::create_directories(run);
   {
     // Records as the trainer logs them for MoE block 1 (shares of the routed choices).
@@ -174,5 +170,4 @@ TEST_CASE("strata plot draws expert utilisation over training: one curve per met
   r = run_strata(fmt::format("plot {} --metric 'moe.7.expert_*' -o {}", run.string(), png.string()));
   CHECK(r.exit_code == 1);
   CHECK(r.err.find("moe.7.expert_*") != std::string::npos);
-  fs::remove_all(run.parent_path());
 }
