@@ -222,11 +222,7 @@ namespace {
 
 // Waits until the run has logged `steps` steps (or fails the test after 120 s).
 void wait_for_steps(const fs::path& run, size_t steps) {
-  auto deadline = Clock::now() + std::chrono::seconds(120);
-  while (metrics(run).size() < steps) {
-    REQUIRE_MESSAGE(Clock::now() < deadline, "the run did not get going");
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  testing::wait_for_records(run, steps, std::chrono::seconds(120));
 }
 
 pid_t rank_pid(const std::string& rank_table, int rank) {
