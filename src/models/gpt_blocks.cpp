@@ -38,6 +38,15 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
   return ops::dropout(out_->forward(context), dropout_, is_training());
 }
 
+PreNormBlock::PreNormBlock(const std::string& norm, int64_t d_model, int64_t n_heads, double dropout,
+                           Generator& generator)
+    : dropout_(dropout) {
+  attention_norm_ = register_module("attention_norm", make_norm(norm, d_model));
+  attention_ =
+      register_module("attention", std::make_shared<CausalSelfAttention>(d_model, n_heads, dropout, generator));
+  mlp_norm_ = register_module("mlp_norm", make_norm(norm, d_model));
+}
+
 GPTLanguageModel::GPTLanguageModel(std::string family, const Ends& ends, Generator& generator,
                                    const BlockFactory& make_block)
     : family_(std::move(family)), ends_(ends) {

@@ -11,6 +11,7 @@
 #include "strata/core/tensor.h"
 #include "strata/models/model.h"
 #include "strata/nn/layers.h"
+#include "strata/ops/ops.h"
 
 namespace strata::models {
 
@@ -36,6 +37,27 @@ class CausalSelfAttention : public nn::Module {
   int64_t n_heads_, d_head_;
   double dropout_;
   std::shared_ptr<nn::Linear> qkv_, out_;
+};
+
+// A pre-norm block around a feed-forward slot that the derived block registers
+// after this constructor (modules attention_norm, attention, mlp_norm, in order):
+//   h = x + Attention(Norm(x)),  out = h + Dropout(Slot(Norm(h))).
+class PreNormBlock : public nn::Module {
+ protected:
+  PreNormBlock(const std::string& norm, int64_t d_model, int64_t n_heads, double dropout, Generator& generator);
+
+  // x (batch, length, d_model) -> out (batch, length, d_model), with
+  // slot(Norm(h)) -> (batch, length, d_model).
+  template <class Slot>
+  Tensor residual_forward(const Tensor& x, Slot&& slot) {
+    Tensor h = ops::add(x, attention_->forward(apply_norm(attention_norm_, x)));
+    return ops::add(h, ops::dropout(slot(apply_norm(mlp_norm_, h)), dropout_, is_training()));
+  }
+
+ private:
+  double dropout_;
+  std::shared_ptr<nn::Module> attention_norm_, mlp_norm_;
+  std::shared_ptr<CausalSelfAttention> attention_;
 };
 
 // The ends of a GPT-shaped language model around the blocks a derived model

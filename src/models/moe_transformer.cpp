@@ -93,13 +93,10 @@ struct MoETransformerOptions {
 };
 
 // Pre-norm block; its feed-forward slot is dense SwiGLU, MoE or product-key memory.
-class MoETransformerBlock : public nn::Module {
+class MoETransformerBlock : public PreNormBlock {
  public:
-  MoETransformerBlock(const MoETransformerOptions& o, int64_t index, Generator& generator) : dropout_(o.dropout) {
-    attention_norm_ = register_module("attention_norm", make_norm(o.norm, o.d_model));
-    attention_ =
-        register_module("attention", std::make_shared<CausalSelfAttention>(o.d_model, o.n_heads, o.dropout, generator));
-    mlp_norm_ = register_module("mlp_norm", make_norm(o.norm, o.d_model));
+  MoETransformerBlock(const MoETransformerOptions& o, int64_t index, Generator& generator)
+      : PreNormBlock(o.norm, o.d_model, o.n_heads, o.dropout, generator) {
     if (o.is_pkm_block(index))
       memory_ = register_module("memory", std::make_shared<nn::ProductKeyMemory>(o.d_model, o.pkm_d_key, o.pkm_n_keys,
                                                                                  o.pkm_top_k, generator));
@@ -113,10 +110,9 @@ class MoETransformerBlock : public nn::Module {
   // returning the loss (rather than reading it off the layer) keeps it differentiable
   // through activation checkpointing, whose recomputation builds a new graph.
   std::vector<Tensor> forward(const Tensor& x) {
-    Tensor h = ops::add(x, attention_->forward(apply_norm(attention_norm_, x)));
-    Tensor normed = apply_norm(mlp_norm_, h);
-    Tensor slot = moe_ ? moe_->forward(normed) : memory_ ? memory_->forward(normed) : mlp_->forward(normed);
-    Tensor out = ops::add(h, ops::dropout(slot, dropout_, is_training()));
+    Tensor out = residual_forward(x, [&](const Tensor& normed) {
+      return moe_ ? moe_->forward(normed) : memory_ ? memory_->forward(normed) : mlp_->forward(normed);
+    });
     if (moe_) return {out, moe_->auxiliary_loss()};
     return {out};
   }
@@ -125,9 +121,6 @@ class MoETransformerBlock : public nn::Module {
   const std::shared_ptr<nn::ProductKeyMemory>& memory() const { return memory_; }
 
  private:
-  double dropout_;
-  std::shared_ptr<nn::Module> attention_norm_, mlp_norm_;
-  std::shared_ptr<CausalSelfAttention> attention_;
   std::shared_ptr<nn::GatedMLP> mlp_;
   std::shared_ptr<nn::MoEFeedForward> moe_;
   std::shared_ptr<nn::ProductKeyMemory> memory_;

@@ -45,13 +45,10 @@ struct TransformerOptions {
   }
 };
 
-class TransformerBlock : public nn::Module {
+class TransformerBlock : public PreNormBlock {
  public:
-  TransformerBlock(const TransformerOptions& o, Generator& generator) : dropout_(o.dropout) {
-    attention_norm_ = register_module("attention_norm", make_norm(o.norm, o.d_model));
-    attention_ =
-        register_module("attention", std::make_shared<CausalSelfAttention>(o.d_model, o.n_heads, o.dropout, generator));
-    mlp_norm_ = register_module("mlp_norm", make_norm(o.norm, o.d_model));
+  TransformerBlock(const TransformerOptions& o, Generator& generator)
+      : PreNormBlock(o.norm, o.d_model, o.n_heads, o.dropout, generator) {
     if (o.mlp == "swiglu") {
       gated_mlp_ = register_module("mlp", std::make_shared<nn::GatedMLP>(o.d_model, o.mlp_hidden, false, generator));
     } else {
@@ -60,16 +57,12 @@ class TransformerBlock : public nn::Module {
   }
 
   Tensor forward(const Tensor& x) {
-    Tensor h = ops::add(x, attention_->forward(apply_norm(attention_norm_, x)));
-    Tensor normed = apply_norm(mlp_norm_, h);
-    Tensor mlp_out = gated_mlp_ ? gated_mlp_->forward(normed) : mlp_->forward(normed);
-    return ops::add(h, ops::dropout(mlp_out, dropout_, is_training()));
+    return residual_forward(x, [&](const Tensor& normed) {
+      return gated_mlp_ ? gated_mlp_->forward(normed) : mlp_->forward(normed);
+    });
   }
 
  private:
-  double dropout_;
-  std::shared_ptr<nn::Module> attention_norm_, mlp_norm_;
-  std::shared_ptr<CausalSelfAttention> attention_;
   std::shared_ptr<nn::MLP> mlp_;
   std::shared_ptr<nn::GatedMLP> gated_mlp_;
 };
