@@ -2,7 +2,6 @@
 // own Gloo context, joined through a fresh rendezvous): every collective and dtype
 // against values computed here, rendezvous over files and over TCP, argument
 // errors, and failures: a rank that leaves, a rank that never answers.
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -204,19 +203,13 @@ TEST_CASE("a rank that never arrives fails the rendezvous within the timeout") {
 
 TEST_CASE("a port held by another program is not taken for rank 0's store") {
   // A listener that accepts and never answers, as a foreign server on the port would.
-  int listener = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof address;
-  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
-  REQUIRE(::listen(listener, 4) == 0);
-  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length) == 0);
+  testing::LoopbackSocket listener = testing::bind_loopback_socket();
+  REQUIRE(::listen(listener.fd, 4) == 0);
   ConnectOptions o = options_for(1, 2, "", std::chrono::milliseconds(1500));
   o.master_addr = "127.0.0.1";
-  o.store_port = ntohs(address.sin_port);
+  o.store_port = listener.port;
   CHECK_THROWS_WITH_AS(connect(o), doctest::Contains("does not answer as a Strata rendezvous store"), Error);
-  ::close(listener);
+  ::close(listener.fd);
 }
 
 TEST_CASE("a rank of another run that reaches the store is refused, and rank 0 keeps waiting for its own") {

@@ -1,4 +1,4 @@
-// A TCP port for a test's rendezvous store.
+// TCP ports for the tests' rendezvous stores.
 #pragma once
 
 #include <netinet/in.h>
@@ -9,9 +9,13 @@
 
 namespace strata::testing {
 
-// A loopback port that was free a moment ago: the kernel picks it for a socket
-// bound to port 0, which is then closed so that the store can take it.
-inline int free_port() {
+// A TCP socket bound to a loopback port that the kernel picks.
+struct LoopbackSocket {
+  int fd;
+  int port;
+};
+
+inline LoopbackSocket bind_loopback_socket() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address{};
   address.sin_family = AF_INET;
@@ -19,8 +23,15 @@ inline int free_port() {
   socklen_t length = sizeof address;
   REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
   REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0);
-  ::close(fd);
-  return ntohs(address.sin_port);
+  return {fd, ntohs(address.sin_port)};
+}
+
+// A loopback port that was free a moment ago: its socket is closed again so that
+// the store can take it.
+inline int free_port() {
+  LoopbackSocket socket = bind_loopback_socket();
+  ::close(socket.fd);
+  return socket.port;
 }
 
 }  // namespace strata::testing
