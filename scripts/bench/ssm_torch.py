@@ -614,7 +614,7 @@ def main():
 
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    if gpu:
+    if gpu and device.index is not None:
         torch.cuda.set_device(device)
     defaults = {"batch": (8, 2), "d_inner": ([2048, 4096], [128]), "lengths": ([2048, 8192], [256]),
                 "ssd_state": (128, 16), "ssd_head_dim": (64, 16), "ssd_chunk": (256, 64), "iterations": (20, 1),
