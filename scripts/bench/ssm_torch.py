@@ -23,9 +23,10 @@ the end of the line says which PyTorch formulation it is and marks the fastest.
                          blocks of 16 positions, each block one torch.compile'd graph
                          (exp, delta B u, the update and C h fused; the states of a
                          block never reach memory in the forward pass). The graph
-                         is the same for every L, so compiling it takes the same
-                         time at any length; a failed compilation is reported and
-                         the formulation dropped.
+                         does not depend on L; it is compiled once per (batch,
+                         d_inner, N) and grad mode, 8 times at the default sizes
+                         (--no-compile skips them). A failed compilation is
+                         reported and the formulation dropped.
   - causal_conv1d (kernel 4, bias, SiLU): F.conv1d with groups = channels and
     kernel_size - 1 positions of left padding, then F.silu; in the activations'
     dtype (cuDNN accumulates in float32), the float32 weights cast on the tape.
@@ -46,7 +47,8 @@ each number is the median over the iterations of CUDA-event (CPU: wall-clock) ti
 --check (on the chosen device) first compares, in float64, every formulation with a
 per-position recurrence written from the equations (the output and every input's
 gradient; odd sizes, lengths no multiple of the chunks), and the float32 parallel
-scan with the float64 sequential one; it prints the largest differences and stops on a mismatch.
+scan with the float64 sequential one; it prints the largest differences and stops
+on a mismatch.
 
 Run with plain python3 on the GPU machine, e.g.
   strata bench ssm | tee strata_ssm.txt
@@ -608,7 +610,7 @@ def main():
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
                         help="time the torch.compile'd scan too (default on CUDA only)")
     parser.add_argument("--check", action="store_true",
-                        help="first check the formulations against each other in float64 (stops on a mismatch)")
+                        help="first check the formulations against per-position recurrences (stops on a mismatch)")
     parser.add_argument("--strata-log", help="saved output of `strata bench ssm` to compare against")
     args = parser.parse_args()
 
