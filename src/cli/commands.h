@@ -20,6 +20,7 @@ void add_op_moe_command(CLI::App& op);        // src/cli/op_moe.cpp
 void add_bench_attention_command(CLI::App& bench);  // src/cli/bench_attention.cpp
 void add_bench_ssm_command(CLI::App& bench);  // src/cli/bench_ssm.cpp
 void add_op_attention_command(CLI::App& op);        // src/cli/op_attention.cpp
+void add_op_ssm_commands(CLI::App& op);  // selective_scan, causal_conv1d, ssd, gated_rms_norm (src/cli/op_ssm.cpp)
 void add_dist_commands(CLI::App& app);  // launch, bench-comm, rank flags of train/resume (src/cli/launch.cpp)
 
 }  // namespace strata::cli

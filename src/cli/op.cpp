@@ -12,6 +12,7 @@ void add_op_command(CLI::App& app) {
   cmd->require_subcommand(1);
   add_op_moe_command(*cmd);
   add_op_attention_command(*cmd);
+  add_op_ssm_commands(*cmd);
 }
 
 }  // namespace strata::cli
