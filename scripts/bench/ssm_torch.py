@@ -48,17 +48,23 @@ each number is the median over the iterations of CUDA-event (CPU: wall-clock) ti
 per-position recurrence written from the equations (the output and every input's
 gradient; odd sizes, lengths no multiple of the chunks), and the float32 parallel
 scan with the float64 sequential one; it prints the largest differences and stops
-on a mismatch.
+on a mismatch. With --strata BINARY it compares Strata's ops too, run by `strata op
+selective_scan | ssd | causal_conv1d` (on the CPU, float64) on the same inputs through
+HDF5 files (needs h5py).
 
 Run with plain python3 on the GPU machine, e.g.
   strata bench ssm | tee strata_ssm.txt
   python3 scripts/bench/ssm_torch.py --strata-log strata_ssm.txt
 On a CPU (small default sizes): python3 scripts/bench/ssm_torch.py --device cpu --check
+  [--strata build/strata]
 """
 import argparse
 import math
+import os
 import re
 import statistics
+import subprocess
+import tempfile
 import time
 
 import torch
@@ -356,10 +362,33 @@ def compare(what, names, reference, candidate, tolerance):
         raise AssertionError(f"{what}: above {tolerance:.0e}: {', '.join(failures)}")
 
 
-def run_checks(device, scan_chunk, with_compile):
-    """Every formulation against a per-position recurrence in float64 on odd sizes
-    (lengths no multiple of the chunks, size-1 batch and head dims, several chunks),
-    and the float32 parallel scan against the float64 sequential one."""
+def strata_op(binary, op, names, inputs, options, y_shape):
+    """`strata op <op>` (on the CPU) on the inputs, written as the datasets `names`, with
+    the integer options and the upstream gradient that outputs_and_grads draws for y:
+    [y] + the gradient of every input, in the order of outputs_and_grads."""
+    import h5py  # only for --strata
+
+    upstream = torch.Generator(device=inputs[0].device).manual_seed(3)
+    grad_y = torch.randn(y_shape, generator=upstream, device=inputs[0].device, dtype=torch.float64)
+    with tempfile.TemporaryDirectory() as folder:
+        given, written = os.path.join(folder, "in.h5"), os.path.join(folder, "out.h5")
+        with h5py.File(given, "w") as f:
+            for name, tensor in zip(names, inputs):
+                f[name] = tensor.cpu().numpy()
+            for name, value in options.items():
+                f[name] = value
+            f["grad_y"] = grad_y.cpu().numpy()
+        subprocess.run([binary, "op", op, given, written], check=True)
+        with h5py.File(written, "r") as f:
+            return [torch.from_numpy(f[name][...]).to(inputs[0].device)
+                    for name in ["y"] + ["grad_" + name for name in names]]
+
+
+def run_checks(device, scan_chunk, with_compile, strata):
+    """Every formulation (and with `strata`, the path of the strata binary, Strata's op)
+    against a per-position recurrence in float64 on odd sizes (lengths no multiple of
+    the chunks, size-1 batch and head dims, several chunks), and the float32 parallel
+    scan against the float64 sequential one."""
     dtype = torch.float64
     generator = torch.Generator(device=device).manual_seed(5)
 
@@ -377,6 +406,10 @@ def run_checks(device, scan_chunk, with_compile):
         shape = f"[{batch}, {d_inner}, {length}] N {d_state}"
         compare(f"selective_scan sequential {shape}", scan_names, reference,
                 outputs_and_grads(sequential_scan, inputs), tolerance)
+        if strata:
+            compare(f"selective_scan strata op {shape}", scan_names, reference,
+                    strata_op(strata, "selective_scan", ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"],
+                              inputs, {"delta_softplus": 1}, reference[0].shape), tolerance)
         for chunk in sorted({scan_chunk, 16}):
             compare(f"selective_scan chunked log-space {shape} chunk {chunk}", scan_names, reference,
                     outputs_and_grads(lambda *a: chunked_logspace_scan(*a, chunk), inputs), tolerance)
@@ -400,16 +433,26 @@ def run_checks(device, scan_chunk, with_compile):
                   uniform((batch, length, 1, d_state), -1, 1), uniform((heads,), -1, 1),
                   uniform((heads,), -4, -2)]
         names = ["y", "grad x", "grad dt", "grad A", "grad B", "grad C", "grad D", "grad dt_bias"]
-        compare(f"ssd_chunked [{batch}, {length}, {heads} x {head_dim}] N {d_state} chunk {chunk}", names,
-                outputs_and_grads(ssd_by_position, inputs),
+        shape = f"[{batch}, {length}, {heads} x {head_dim}] N {d_state} chunk {chunk}"
+        reference = outputs_and_grads(ssd_by_position, inputs)
+        compare(f"ssd_chunked {shape}", names, reference,
                 outputs_and_grads(lambda *a: ssd_chunked(*a, chunk), inputs), tolerance)
+        if strata:
+            compare(f"ssd_chunked strata op {shape}", names, reference,
+                    strata_op(strata, "ssd", ["x", "dt", "A", "B", "C", "D", "dt_bias"], inputs,
+                              {"dt_softplus": 1, "chunk_size": chunk}, reference[0].shape), tolerance)
 
     for batch, channels, length, kernel_size in ((2, 6, 50, 4), (1, 1, 3, 4), (1, 4, 9, 2)):
         inputs = [uniform((batch, channels, length), -1, 1), uniform((channels, kernel_size), -0.5, 0.5),
                   uniform((channels,), -0.5, 0.5)]
-        compare(f"causal_conv1d [{batch}, {channels}, {length}] kernel {kernel_size}",
-                ["y", "grad x", "grad weight", "grad bias"], outputs_and_grads(conv_by_position, inputs),
-                outputs_and_grads(causal_conv1d, inputs), tolerance)
+        names = ["y", "grad x", "grad weight", "grad bias"]
+        shape = f"[{batch}, {channels}, {length}] kernel {kernel_size}"
+        reference = outputs_and_grads(conv_by_position, inputs)
+        compare(f"causal_conv1d {shape}", names, reference, outputs_and_grads(causal_conv1d, inputs), tolerance)
+        if strata:
+            compare(f"causal_conv1d strata op {shape}", names, reference,
+                    strata_op(strata, "causal_conv1d", ["x", "weight", "bias"], inputs, {"silu": 1},
+                              reference[0].shape), tolerance)
 
 
 # ---- the bench -----------------------------------------------------------------------
@@ -612,6 +655,8 @@ def main():
     parser.add_argument("--check", action="store_true",
                         help="first check the formulations against per-position recurrences (stops on a mismatch)")
     parser.add_argument("--strata-log", help="saved output of `strata bench ssm` to compare against")
+    parser.add_argument("--strata", metavar="BINARY",
+                        help="with --check, also check Strata's ops, run by this strata binary's `op` subcommands")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -627,7 +672,7 @@ def main():
     args.warmup = 3 if gpu else 1
 
     if args.check:
-        run_checks(device, args.scan_chunk, args.compile)
+        run_checks(device, args.scan_chunk, args.compile, args.strata)
     if gpu:
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores for the float32 matmuls (not in the checks)
     bench = SsmBench(args, device)

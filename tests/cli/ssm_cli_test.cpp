@@ -2,6 +2,7 @@
 // selective_scan | causal_conv1d | ssd | gated_rms_norm`, run through the built
 // binary (STRATA_BINARY): the op subcommands read HDF5 inputs and must write the
 // outputs and gradients that the ops give in this process for the same inputs.
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <map>
