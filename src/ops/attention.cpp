@@ -195,13 +195,7 @@ kernels::AttentionInputs<void, float> cuda_inputs(const Saved& t) {
 }
 #endif
 
-template <class Run>
-void for_cpu_dtype(DType dtype, Run&& run) {
-  if (dtype == DType::Float32)
-    run(float{});
-  else
-    run(double{});
-}
+using detail::for_cpu_dtype;
 
 void forward(const char* op, const Saved& t, const Tensor& out, const Tensor& lse) {
   const AttentionBlocks blocks = blocks_of(t.layout);

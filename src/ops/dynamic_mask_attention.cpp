@@ -65,13 +65,7 @@ kernels::AttentionKeyMask<Acc> key_mask_of(const Saved& t) {
           t.block_keep_end.data<int32_t>()};
 }
 
-template <class Run>
-void for_cpu_dtype(DType dtype, Run&& run) {
-  if (dtype == DType::Float32)
-    run(float{});
-  else
-    run(double{});
-}
+using detail::for_cpu_dtype;
 
 void compute_keep_mask(Saved& t, int64_t keep_window) {
   const AttentionSizes& s = t.sizes;

@@ -35,14 +35,7 @@ namespace strata::ops {
 
 namespace {
 
-// Calls run(float{}) or run(double{}): the CPU kernels' element type for `dtype`.
-template <class Run>
-void for_cpu_dtype(DType dtype, Run&& run) {
-  if (dtype == DType::Float32)
-    run(float{});
-  else
-    run(double{});
-}
+using detail::for_cpu_dtype;
 
 template <class T>
 const T* optional_pointer(const Tensor& t) {
