@@ -72,6 +72,8 @@ import torch._dynamo.config
 import torch._functorch.config
 import torch.nn.functional as F
 
+import torch_timing
+
 NAME_WIDTH = 58  # the name column of `strata bench ssm`
 COMPILED_BLOCK = 16  # positions per torch.compile'd block of the compiled scan
 # log|x| of the entries a logcumsumexp must ignore: exp() of it, plus any cumulative
@@ -102,29 +104,6 @@ def time_ms(work, iterations, warmup, device):
             work()
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
-
-
-def time_passes(forward, leaves, grad_out, iterations, warmup, device):
-    """(forward ms, backward ms): the forward without autograd; the backward replays one
-    recorded graph (retain_graph) with the leaves' grads cleared, as Strata does."""
-    with torch.no_grad():
-        forward_ms = time_ms(forward, iterations, warmup, device)
-    try:
-        for leaf in leaves:
-            leaf.requires_grad_(True)
-        out = forward()
-
-        def backward():
-            for leaf in leaves:
-                leaf.grad = None
-            out.backward(grad_out, retain_graph=True)
-
-        backward_ms = time_ms(backward, iterations, warmup, device)
-    finally:
-        for leaf in leaves:
-            leaf.grad = None
-            leaf.requires_grad_(False)
-    return forward_ms, backward_ms
 
 
 # ---- selective scan ----------------------------------------------------------------
@@ -510,8 +489,9 @@ class SsmBench:
             iterations = self.args.loop_iterations if python_loop else self.args.iterations
             warmup = 1 if python_loop else self.args.warmup
             try:
-                results[name] = time_passes(lambda: forward(*leaves), leaves, grad_out, iterations, warmup,
-                                            self.device)
+                results[name] = torch_timing.time_passes(
+                    lambda: forward(*leaves), leaves, grad_out,
+                    lambda work: time_ms(work, iterations, warmup, self.device))
             except torch.OutOfMemoryError:
                 results[name] = "out of memory"
             except Exception as error:  # a compilation may fail; any other error is a bug and raised

@@ -1,5 +1,5 @@
 """Timing for the PyTorch bench scripts beside `strata bench` (attention_torch.py,
-moe_torch.py); they import it from this folder."""
+moe_torch.py, ssm_torch.py); they import it from this folder."""
 import torch
 
 
