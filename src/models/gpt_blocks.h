@@ -1,7 +1,8 @@
 // Pieces of the GPT-shaped (pre-norm, learned positions) language models that
 // models/transformer.cpp and models/moe_transformer.cpp both build on: the norm
-// a recipe picks, causal multi-head self-attention composed of ops, and the model's
-// two ends around its blocks.
+// a recipe picks (models/mamba.cpp applies its norms with apply_norm too), causal
+// multi-head self-attention composed of ops, and the model's two ends around its
+// blocks.
 #pragma once
 
 #include <functional>

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "models/gpt_blocks.h"
 #include "strata/autograd/autograd.h"
 #include "strata/models/model.h"
 #include "strata/nn/layers.h"
@@ -107,11 +108,6 @@ nn::Mamba2Options read_mamba2(const config::Config& c, int64_t d_model) {
 std::shared_ptr<nn::Module> make_norm(const LMOptions& o) {
   if (o.norm == "rmsnorm") return std::make_shared<nn::RMSNorm>(o.d_model, o.norm_eps);
   return std::make_shared<nn::LayerNorm>(o.d_model, o.norm_eps);
-}
-
-Tensor apply_norm(const std::shared_ptr<nn::Module>& norm, const Tensor& x) {
-  if (auto* rms = dynamic_cast<nn::RMSNorm*>(norm.get())) return rms->forward(x);
-  return static_cast<nn::LayerNorm*>(norm.get())->forward(x);
 }
 
 // x <- x + mixer(norm(x))
