@@ -144,6 +144,36 @@ TEST_CASE("eval of a checkpoint reproduces the evaluation logged at that step") 
   CHECK(first.out.size() == std::string("In the").size() + 40 + 1);
 }
 
+// generate with the models that decode one token at a time from a carried state
+// (LLaMA's KV cache, Mamba's and Mamba-2's recurrent state): greedy continuations
+// agree with themselves, so the state built by reading a prompt equals the state
+// built by generating the same tokens.
+TEST_CASE("strata generate decodes with the KV cache and the recurrent states, consistently") {
+  ensure_bible();
+  for (const std::string recipe : {"recipes/selective-attention/kjv-dense-cpu.yaml", "recipes/mamba/kjv-cpu.yaml",
+                                   "recipes/mamba2/kjv-cpu.yaml"}) {
+    CAPTURE(recipe);
+    fs::path run = "build/test-runs/generate-decoding";
+    fs::remove_all(run);
+    Result trained = run_strata(fmt::format(
+        "train {} run.name=generate-decoding run.dir={} device=cpu data.seq_len=32 train.batch_size=2 "
+        "train.steps=3 train.eval_every=0 train.checkpoint_every=3 schedule.warmup_steps=1",
+        recipe, run.string()));
+    REQUIRE_MESSAGE(trained.exit_code == 0, trained.err);
+    std::string checkpoint = (run / "checkpoints/step_00000003.h5").string();
+    Result whole = run_strata("generate " + checkpoint + " --prompt \"And God\" --tokens 16 --temperature 0");
+    REQUIRE_MESSAGE(whole.exit_code == 0, whole.err);
+    REQUIRE(whole.out.size() == std::string("And God").size() + 16 + 1);
+    // The same text from the prompt plus the first 8 generated characters, which the
+    // model now reads instead of generating them (single-quoted for the shell).
+    std::string longer = whole.out.substr(0, std::string("And God").size() + 8), quoted = "'";
+    for (char c : longer) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    Result rest = run_strata("generate " + checkpoint + " --prompt " + quoted + "' --tokens 8 --temperature 0");
+    REQUIRE_MESSAGE(rest.exit_code == 0, rest.err);
+    CHECK(rest.out == whole.out);
+  }
+}
+
 TEST_CASE("SIGTERM finishes the step, writes a loadable checkpoint and exits 0") {
   ensure_bible();
   fs::path run = "build/test-runs/sigterm";
