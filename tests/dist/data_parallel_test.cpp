@@ -1,7 +1,9 @@
 // Data-parallel training end to end, on the CPU with Gloo and two processes, through
 // the strata program (STRATA_BINARY) as a user runs it:
 //   - 2 ranks with per-rank batch B train like 1 process with batch 2B (losses and
-//     final parameters within float32 rounding), also with gradient accumulation;
+//     final parameters within float32 rounding), also with gradient accumulation
+//     and as two nodes (two launchers with --nnodes 2);
+//   - strata bench-comm prints its all-reduce table on Gloo;
 //   - a run resumes at another world size (2 -> 1, 1 -> 2, and with another global
 //     batch) and continues as the uninterrupted run;
 //   - a rank killed with SIGKILL ends the run with a non-zero exit in bounded time,
@@ -173,6 +175,39 @@ TEST_CASE("gradient accumulation: 2 ranks x batch 2 x 2 micro-batches train like
   check_same_losses(losses("build/test-runs/dist-accum-single"), losses("build/test-runs/dist-accum-two"), 1, 6);
   check_same_parameters("build/test-runs/dist-accum-single/checkpoints/step_00000006.h5",
                         "build/test-runs/dist-accum-two/checkpoints/step_00000006.h5");
+}
+
+TEST_CASE("two nodes (two launchers on this machine, --nnodes 2) train like one process with the combined batch") {
+  ensure_bible();
+  Result single = run_strata("train " + tiny_sgd("dist-nodes-single", "train.batch_size=8"), "nodes-single");
+  REQUIRE_MESSAGE(single.exit_code == 0, single.err);
+  // Each launcher starts one rank; rank 0's store listens on --master-port + 1.
+  std::string launch = fmt::format("launch --nnodes 2 --nproc-per-node 1 --master-addr 127.0.0.1 --master-port {} "
+                                   "--run-id dist-nodes",
+                                   free_port() - 1);
+  std::string train = "train " + tiny_sgd("dist-nodes", "train.batch_size=4");
+  BackgroundProcess node0 = start_strata(launch + " --node-rank 0 -- " + train, "node0");
+  BackgroundProcess node1 = start_strata(launch + " --node-rank 1 -- " + train, "node1");
+  CHECK_MESSAGE(wait_for(node0, std::chrono::seconds(600)) == 0, slurp(node0.err));
+  CHECK_MESSAGE(wait_for(node1, std::chrono::seconds(600)) == 0, slurp(node1.err));
+  CHECK(slurp(node0.err).find("ranks 0..0 of 2 on this node") != std::string::npos);
+  CHECK(slurp(node1.err).find("ranks 1..1 of 2 on this node") != std::string::npos);
+  check_same_losses(losses("build/test-runs/dist-nodes-single"), losses("build/test-runs/dist-nodes"), 1, 6);
+  check_same_parameters("build/test-runs/dist-nodes-single/checkpoints/step_00000006.h5",
+                        "build/test-runs/dist-nodes/checkpoints/step_00000006.h5");
+}
+
+TEST_CASE("strata bench-comm times the communicator's all-reduce on Gloo, a row per size") {
+  Result r = run_strata(on_two_ranks("bench-comm --backend gloo --device cpu --min-mib 1 --max-mib 2 "
+                                     "--iterations 2 --warmup 1"),
+                        "bench-comm");
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  CHECK(r.out.find("all-reduce (float32 sum) over 2 ranks, gloo on cpu") != std::string::npos);
+  // No plain NCCL to compare with on the CPU: its columns say so.
+  for (const char* size : {"1 MiB", "2 MiB"})
+    CHECK_MESSAGE(std::regex_search(r.out, std::regex(fmt::format(R"(\n\s+{}\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+\s+-\s+-\s+-\n)",
+                                                                  size))),
+                  r.out);
 }
 
 TEST_CASE("a run resumes at another world size and continues as the uninterrupted one") {
