@@ -144,6 +144,31 @@ Tensor sum_or_mean(const char* op, const Tensor& a, const std::vector<bool>& red
   return out;
 }
 
+// A one-dim reduction over several dims: the reduced dims are moved last and merged
+// into one (row-major), which `reduce_last` then reduces; differentiable through
+// permute and reshape.
+template <class ReduceLast>
+Tensor reduce_over_dims(const char* op, const Tensor& a, const std::vector<int>& dims, bool keepdim,
+                        ReduceLast&& reduce_last) {
+  std::vector<bool> reduced = reduced_dims(op, a, dims);
+  std::vector<int> order;
+  Shape merged_shape;
+  int64_t merged = 1;
+  for (int d = 0; d < a.dim(); ++d)
+    if (!reduced[d]) {
+      order.push_back(d);
+      merged_shape.push_back(a.shape()[d]);
+    }
+  for (int d = 0; d < a.dim(); ++d)
+    if (reduced[d]) {
+      order.push_back(d);
+      merged *= a.shape()[d];
+    }
+  merged_shape.push_back(merged);
+  Tensor out = reduce_last(reshape(permute(a, order), merged_shape));
+  return keepdim ? reshape(out, reduced_shape(a.shape(), reduced, true)) : out;
+}
+
 }  // namespace
 
 Tensor sum(const Tensor& a) {
@@ -206,6 +231,11 @@ Tensor max(const Tensor& a, int dim, bool keepdim) {
   return values;
 }
 
+Tensor max(const Tensor& a, const std::vector<int>& dims, bool keepdim) {
+  check_input("max", a);
+  return reduce_over_dims("max", a, dims, keepdim, [](const Tensor& x) { return max(x, -1); });
+}
+
 Tensor logsumexp(const Tensor& a, int dim, bool keepdim) {
   check_input("logsumexp", a);
   int d = detail::normalize_dim("logsumexp", dim, a.dim());
@@ -237,6 +267,11 @@ Tensor logsumexp(const Tensor& a, int dim, bool keepdim) {
                      return std::vector<Tensor>{mul(softmax, grad_kept).to(saved_x.dtype())};
                    });
   return out;
+}
+
+Tensor logsumexp(const Tensor& a, const std::vector<int>& dims, bool keepdim) {
+  check_input("logsumexp", a);
+  return reduce_over_dims("logsumexp", a, dims, keepdim, [](const Tensor& x) { return logsumexp(x, -1); });
 }
 
 }  // namespace strata::ops

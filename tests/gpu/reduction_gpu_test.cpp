@@ -102,6 +102,9 @@ TEST_CASE("max on CUDA matches the CPU and routes the gradient to the same eleme
   flat.set_requires_grad(true);
   check_both_dtypes([](const std::vector<Tensor>& xs) { return ops::max(xs[0], 1); }, {flat});
   check_both_dtypes([](const std::vector<Tensor>& xs) { return ops::max(xs[0], 0); }, {flat});
+  // Several dims (moved last and merged): the same element on both devices.
+  check_both_dtypes([](const std::vector<Tensor>& xs) { return ops::max(ops::reshape(xs[0], {30, 10, 200}), {0, 2}); },
+                    {rows});
 }
 
 TEST_CASE("logsumexp on CUDA matches the CPU") {
@@ -116,6 +119,8 @@ TEST_CASE("logsumexp on CUDA matches the CPU") {
                         {leaf(shape, seed++)});
     }
   }
+  check_both_dtypes([](const std::vector<Tensor>& xs) { return ops::logsumexp(xs[0], {0, 2}, true); },
+                    {leaf({3, 17, 65}, seed++)});
   // Values around 1000, whose exponentials overflow float32. x + 1000 is rounded
   // to float32 on the device (spacing 2^-14 at 1000: each value moves by up to
   // 2^-15), and so is the result lse ~ 1000. The gradient dy * exp(x_i - lse)

@@ -94,6 +94,32 @@ TEST_CASE("logsumexp is stable for large and infinite values") {
   for (size_t i = 0; i < by_hand.size(); ++i) CHECK(computed[i] == doctest::Approx(by_hand[i]).epsilon(1e-14));
 }
 
+TEST_CASE("max and logsumexp over several dims equal one dim at a time") {
+  Tensor x = random({3, 4, 5}, 9);
+  for (bool keepdim : {false, true}) {
+    CAPTURE(keepdim);
+    Tensor max_02 = ops::max(x, {0, 2}, keepdim), max_20 = ops::max(x, {2, 0}, keepdim);
+    CHECK(max_02.shape() == (keepdim ? Shape{1, 4, 1} : Shape{4}));
+    std::vector<double> one_at_a_time = values(ops::max(ops::max(x, 2), 0));
+    CHECK(values(max_02) == one_at_a_time);
+    CHECK(values(max_20) == one_at_a_time);
+    Tensor lse = ops::logsumexp(x, {0, -1}, keepdim);
+    CHECK(lse.shape() == (keepdim ? Shape{1, 4, 1} : Shape{4}));
+    std::vector<double> by_hand = values(ops::log(ops::sum(ops::exp(x), {0, 2})));
+    std::vector<double> computed = values(lse);
+    for (size_t i = 0; i < by_hand.size(); ++i) CHECK(computed[i] == doctest::Approx(by_hand[i]).epsilon(1e-14));
+  }
+  CHECK(values(ops::logsumexp(x, std::vector<int>{0, 1, 2}))[0] ==
+        doctest::Approx(std::log(values(ops::sum(ops::exp(x)))[0])).epsilon(1e-14));
+  // No dims: nothing is reduced.
+  CHECK(values(ops::max(x, std::vector<int>{})) == values(x));
+  // Ties over several dims: the first maximum in row-major order of the reduced dims.
+  Tensor tied = Tensor::ones({2, 2, 3}, DType::Float64);
+  tied.set_requires_grad(true);
+  autograd::backward(ops::sum(ops::max(tied, {0, 2})));
+  CHECK(values(tied.grad()) == std::vector<double>{1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0});
+}
+
 TEST_CASE("reduction gradients") {
   Tensor a = leaf({2, 3, 4}, 11);
   auto check = [&](const testing::Function& f) { check_gradients(f, {a}); };
@@ -111,6 +137,9 @@ TEST_CASE("reduction gradients") {
       check([&](const std::vector<Tensor>& xs) { return ops::max(xs[0], dim, keepdim); });
       check([&](const std::vector<Tensor>& xs) { return ops::logsumexp(xs[0], dim, keepdim); });
     }
+    check([&](const std::vector<Tensor>& xs) { return ops::max(xs[0], {0, 2}, keepdim); });
+    check([&](const std::vector<Tensor>& xs) { return ops::logsumexp(xs[0], {2, 0}, keepdim); });
+    check([&](const std::vector<Tensor>& xs) { return ops::logsumexp(ops::transpose(xs[0], 0, 1), {0, 1}, keepdim); });
   }
   // Size-1 dims, and a transposed view of a leaf.
   Tensor b = leaf({1, 5, 1}, 12);
@@ -132,6 +161,8 @@ TEST_CASE("bad reduction arguments give clear errors") {
   CHECK_THROWS_WITH_AS(ops::mean(a, {1, -1}), doctest::Contains("mean: dim -1 is given twice for float64[2, 3]"),
                        Error);
   CHECK_THROWS_WITH_AS(ops::max(a, -3), doctest::Contains("max: dim -3 is out of range"), Error);
+  CHECK_THROWS_WITH_AS(ops::max(a, {0, 0}), doctest::Contains("max: dim 0 is given twice for float64[2, 3]"), Error);
+  CHECK_THROWS_WITH_AS(ops::logsumexp(a, {0, 2}), doctest::Contains("logsumexp: dim 2 is out of range"), Error);
   CHECK_THROWS_WITH_AS(ops::max(Tensor::zeros({2, 0}, DType::Float64), 1),
                        doctest::Contains("max: dim 1 of float64[2, 0] on cpu is empty"), Error);
   CHECK_THROWS_WITH_AS(ops::sum(Tensor::zeros({2}, DType::Int64)),

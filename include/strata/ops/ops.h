@@ -43,7 +43,11 @@ Tensor sum(const Tensor& a, const std::vector<int>& dims, bool keepdim = false);
 Tensor mean(const Tensor& a);
 Tensor mean(const Tensor& a, const std::vector<int>& dims, bool keepdim = false);
 Tensor max(const Tensor& a, int dim, bool keepdim = false);  // gradient to the first maximum
+// Over several dims: the gradient goes to the first maximum in row-major order of
+// the reduced dims.
+Tensor max(const Tensor& a, const std::vector<int>& dims, bool keepdim = false);
 Tensor logsumexp(const Tensor& a, int dim, bool keepdim = false);
+Tensor logsumexp(const Tensor& a, const std::vector<int>& dims, bool keepdim = false);
 
 // ---- matrix products ------------------------------------------------------------
 // (..., n, k) x (..., k, m) -> (..., n, m); leading dims broadcast; 1-D operands
