@@ -172,7 +172,8 @@ void add_bench_command(CLI::App& app) {
   cmd->require_subcommand(0, 1);
   auto options = std::make_shared<BenchOptions>();
   cmd->add_option("--device", options->device, "cpu, cuda, cuda:N or auto");
-  cmd->add_option("--only", options->only, "Groups to run: gemm, elementwise, norm, adamw");
+  cmd->add_option("--only", options->only, "Groups to run: gemm, elementwise, norm, adamw")
+      ->check(CLI::IsMember({"gemm", "elementwise", "norm", "adamw"}));
   cmd->add_option("--gemm-size", options->gemm_size, "Square GEMM size (GPU)")->check(CLI::PositiveNumber);
   cmd->add_option("--rows", options->rows, "Rows for element-wise and norm benchmarks")->check(CLI::PositiveNumber);
   cmd->add_option("--dim", options->dim, "Row length for element-wise and norm benchmarks")->check(CLI::PositiveNumber);

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -222,6 +223,21 @@ TEST_CASE("a non-finite loss stops the run naming the step, or is skipped when t
   bool skipped = false;
   for (const auto& m : metrics("build/test-runs/nonfinite")) skipped |= m.contains("skipped");
   CHECK(skipped);
+}
+
+TEST_CASE("strata bench measures the groups it is given against the copy bandwidth") {
+  Result r = run_strata("bench --device cpu --only gemm norm --gemm-size 64 --rows 64 --dim 256 --iterations 1");
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  CHECK(std::regex_search(r.out, std::regex(R"(copy float32\[2\^26\] +[0-9.]+ ms +[0-9.]+ GB/s)")));
+  CHECK(std::regex_search(r.out, std::regex(R"(\ngemm 64x64x64 float32 +[0-9.]+ ms +[0-9.]+ GFLOP/s)")));
+  for (const char* norm : {"layer_norm forward", "layer_norm backward", "rms_norm forward", "rms_norm backward"})
+    CHECK_MESSAGE(std::regex_search(r.out, std::regex(std::string(norm) + R"( float32\[64, 256\] .* GB/s +[0-9.]+% of )")),
+                  norm << " missing from\n" << r.out);
+  CHECK(r.out.find("adamw") == std::string::npos);
+  CHECK(r.out.find("silu") == std::string::npos);
+  r = run_strata("bench --device cpu --only gemms");
+  CHECK(r.exit_code != 0);
+  CHECK(r.err.find("--only: gemms not in {gemm,elementwise,norm,adamw}") != std::string::npos);
 }
 
 TEST_CASE("strata plot draws the loss curves of runs into a PNG") {
