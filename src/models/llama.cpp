@@ -16,6 +16,12 @@
 //   neighborhood: window_blocks, dilation         selective: beta
 //   topk: top_k (4), keep_first (false)
 //   dma: keep_window (the keys each query keeps, the top by the learned key bias)
+// Every pattern but dense also accepts dense_layers: a list of 0-based layer indices
+// (each in [0, n_layers), no repeats; default none) whose attention is plain dense
+// causal attention, while the other layers use the pattern. It builds S2-Attention's
+// hybrid (some layers dense, the rest sparse), e.g. 8 layers with one of every six
+// dense: `dense_layers: [0, 6]`. A dense layer has only the q, k, v, o projections
+// (none of a pattern's own parameters) and ignores model.ssa.
 //
 // SSA (arXiv 2511.20102), for the block-sparse patterns (sliding, power, s2,
 // neighborhood, topk), section `model.ssa`: train (sparse | full | ssa, default
@@ -23,8 +29,9 @@
 // (0.5). train: sparse trains the pattern (SA), full trains plain dense causal
 // attention (FA), ssa draws full or sparse for the whole network each training
 // forward pass (probability full_probability of full), computes both outputs in every
-// layer, feeds the drawn one on, and adds alpha * mean over layers of [SmoothL1(O_full,
-// sg(O_sparse)) + SmoothL1(sg(O_full), O_sparse)] as the auxiliary loss. Outside
+// sparse layer (those not in dense_layers), feeds the drawn one on, and adds alpha *
+// mean over the sparse layers of [SmoothL1(O_full, sg(O_sparse)) + SmoothL1(sg(O_full),
+// O_sparse)] as the auxiliary loss. Outside
 // training (eval, generation) the model attends by `inference`, which
 // `strata eval CHECKPOINT model.ssa.inference=full` overrides.
 //
@@ -33,6 +40,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "strata/autograd/autograd.h"
 #include "strata/models/model.h"
@@ -48,6 +56,9 @@ struct LlamaOptions {
   double norm_eps;
   bool tie_embeddings, activation_checkpointing;
   nn::AttentionBlockOptions attention;
+  // model.attention.dense_layers: is_dense_layer[i] when layer i attends densely
+  // instead of by attention.pattern.
+  std::vector<bool> is_dense_layer;
   // SSA (model.ssa): how training and inference attend; see the header comment.
   std::string ssa_train = "sparse", ssa_inference = "sparse";
   double ssa_alpha = 10.0, ssa_full_probability = 0.5;
@@ -94,6 +105,17 @@ struct LlamaOptions {
       a.topk_keep_first = c.get<bool>(p + "keep_first", false);
       a.top_k = c.get_in_range<int64_t>(p + "top_k", a.topk_keep_first ? 2 : 1, INT64_MAX, 4);
     }
+    o.is_dense_layer.assign(static_cast<size_t>(o.n_layers), false);
+    if (pattern != "dense") {
+      const std::string key = p + "dense_layers";
+      for (int64_t layer : c.get<std::vector<int64_t>>(key, {})) {
+        STRATA_CHECK(layer >= 0 && layer < o.n_layers,
+                     "{}: layer {} is out of range: model.n_layers is {} (layers 0..{})", key, layer, o.n_layers,
+                     o.n_layers - 1);
+        STRATA_CHECK(!o.is_dense_layer[static_cast<size_t>(layer)], "{}: layer {} is listed twice", key, layer);
+        o.is_dense_layer[static_cast<size_t>(layer)] = true;
+      }
+    }
     if (sparse) {
       const std::string s = "model.ssa.";
       o.ssa_train = c.get_choice(s + "train", {"sparse", "full", "ssa"}, "sparse");
@@ -104,14 +126,26 @@ struct LlamaOptions {
     a.validate();
     return o;
   }
+
+  // The attention of layer `layer`: the pattern's, or plain dense causal attention of
+  // the same shape for a layer in dense_layers.
+  nn::AttentionBlockOptions attention_of_layer(int64_t layer) const {
+    if (!is_dense_layer[static_cast<size_t>(layer)]) return attention;
+    nn::AttentionBlockOptions dense;
+    dense.d_model = attention.d_model;
+    dense.n_heads = attention.n_heads;
+    dense.n_kv_heads = attention.n_kv_heads;
+    dense.rope_base = attention.rope_base;
+    return dense;
+  }
 };
 
 class LlamaBlock : public nn::Module {
  public:
-  LlamaBlock(const LlamaOptions& o, Generator& generator) {
-    int64_t d = o.attention.d_model;
+  LlamaBlock(const LlamaOptions& o, const nn::AttentionBlockOptions& attention, Generator& generator) {
+    int64_t d = attention.d_model;
     attention_norm_ = register_module("attention_norm", std::make_shared<nn::RMSNorm>(d, o.norm_eps));
-    attention_ = register_module("attention", std::make_shared<nn::AttentionBlock>(o.attention, generator));
+    attention_ = register_module("attention", std::make_shared<nn::AttentionBlock>(attention, generator));
     mlp_norm_ = register_module("mlp_norm", std::make_shared<nn::RMSNorm>(d, o.norm_eps));
     mlp_ = register_module("mlp", std::make_shared<nn::GatedMLP>(d, o.mlp_hidden, false, generator));
   }
@@ -153,7 +187,8 @@ class LlamaLM : public Model {
     int64_t d = o.attention.d_model;
     embedding_ = register_module("embedding", std::make_shared<nn::Embedding>(o.vocab_size, d, generator));
     layers_ = register_module("layers", std::make_shared<nn::ModuleList>());
-    for (int64_t i = 0; i < o.n_layers; ++i) layers_->push_back(std::make_shared<LlamaBlock>(o, generator));
+    for (int64_t i = 0; i < o.n_layers; ++i)
+      layers_->push_back(std::make_shared<LlamaBlock>(o, o.attention_of_layer(i), generator));
     final_norm_ = register_module("final_norm", std::make_shared<nn::RMSNorm>(d, o.norm_eps));
     if (!o.tie_embeddings) head_ = register_module("head", std::make_shared<nn::Linear>(d, o.vocab_size, false, generator));
   }
@@ -164,7 +199,7 @@ class LlamaLM : public Model {
                  "llama: sequence length {} exceeds model.max_length {}", tokens.size(1), options_.max_length);
     Tensor x = embedding_->forward(tokens);  // (batch, length, d_model)
     set_ssa_mode(is_training() ? training_ssa_mode() : inference_ssa_mode());
-    Tensor alignment;  // summed over layers
+    Tensor alignment;  // summed over the sparse layers
     for (size_t i = 0; i < layers_->size(); ++i) {
       auto block = layers_->get<LlamaBlock>(i);
       std::vector<Tensor> outputs =
@@ -176,12 +211,12 @@ class LlamaLM : public Model {
       if (outputs.size() > 1) alignment = alignment.defined() ? ops::add(alignment, outputs[1]) : outputs[1];
     }
     auxiliary_loss_ = alignment.defined()
-                          ? ops::mul(alignment, options_.ssa_alpha / static_cast<double>(layers_->size()))
+                          ? ops::mul(alignment, options_.ssa_alpha / static_cast<double>(sparse_layer_count()))
                           : Tensor();
     return logits(x);
   }
 
-  // SSA: alpha * the mean over layers of the alignment losses of the last forward
+  // SSA: alpha * the mean over the sparse layers of the alignment losses of the last forward
   // pass (undefined unless it trained with model.ssa.train = ssa).
   Tensor auxiliary_loss() override { return auxiliary_loss_; }
 
@@ -220,8 +255,13 @@ class LlamaLM : public Model {
     const bool full = rand_uniform({1}, 0.0, 1.0).item() < options_.ssa_full_probability;
     return full ? SsaMode::AlignFull : SsaMode::AlignSparse;
   }
+  // The layers in dense_layers stay in Pattern mode: their pattern is dense already.
   void set_ssa_mode(SsaMode mode) {
-    for (size_t i = 0; i < layers_->size(); ++i) layers_->get<LlamaBlock>(i)->attention().set_ssa_mode(mode);
+    for (size_t i = 0; i < layers_->size(); ++i)
+      if (!options_.is_dense_layer[i]) layers_->get<LlamaBlock>(i)->attention().set_ssa_mode(mode);
+  }
+  int64_t sparse_layer_count() const {
+    return static_cast<int64_t>(std::count(options_.is_dense_layer.begin(), options_.is_dense_layer.end(), false));
   }
 
   // (..., d_model) -> (..., vocab)
