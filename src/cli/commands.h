@@ -17,6 +17,7 @@ void add_prepare_command(CLI::App& app);
 void add_plot_command(CLI::App& app);
 void add_bench_moe_command(CLI::App& bench);  // src/cli/bench_moe.cpp
 void add_op_moe_command(CLI::App& op);        // src/cli/op_moe.cpp
+void add_op_product_key_memory_command(CLI::App& op);  // src/cli/op_moe.cpp
 void add_bench_attention_command(CLI::App& bench);  // src/cli/bench_attention.cpp
 void add_bench_ssm_command(CLI::App& bench);  // src/cli/bench_ssm.cpp
 void add_op_attention_command(CLI::App& op);        // src/cli/op_attention.cpp

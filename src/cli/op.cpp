@@ -11,6 +11,7 @@ void add_op_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("op", "Run one op on HDF5 inputs and write its outputs and gradients (cross-checks)");
   cmd->require_subcommand(1);
   add_op_moe_command(*cmd);
+  add_op_product_key_memory_command(*cmd);
   add_op_attention_command(*cmd);
   add_op_ssm_commands(*cmd);
 }
