@@ -79,6 +79,11 @@ void MambaBlock::add_direction(bool backward, Generator& generator) {
   };
   const int64_t d_inner = options_.d_inner(), N = options_.d_state;
   Direction d;
+  d.backward = backward;
+  // The forward direction reads the block's conv1d (registered before it); the
+  // backward one has its own, drawn before its projections as in Vim.
+  d.conv1d = backward ? register_module("conv1d_b", std::make_shared<CausalConv1d>(d_inner, options_.d_conv, generator))
+                      : conv1d;
   if (options_.lti) {
     d.B = name("B");
     d.C = name("C");
@@ -132,6 +137,18 @@ MambaBlock::ScanInputs MambaBlock::scan_inputs(const Direction& d, const Tensor&
   return s;
 }
 
+namespace {
+
+// a with its dim `dim` in reverse order (a copy).
+Tensor flip(const Tensor& a, int dim) {
+  const int64_t length = a.size(dim);
+  std::vector<int64_t> reversed(static_cast<size_t>(length));
+  for (int64_t t = 0; t < length; ++t) reversed[t] = length - 1 - t;
+  return ops::index_select(a, dim, Tensor::from_vector(reversed, {length}, a.device()));
+}
+
+}  // namespace
+
 Tensor MambaBlock::forward(const Tensor& u) const {
   STRATA_CHECK(u.defined() && u.dim() == 3 && u.size(2) == options_.d_model,
                "MambaBlock: expected u (batch, length, {}), got {}", options_.d_model, u.defined() ? u.str() : "none");
@@ -140,19 +157,24 @@ Tensor MambaBlock::forward(const Tensor& u) const {
   const int64_t d_inner = options_.d_inner();
   const Tensor& w_in = in_proj->weight();  // (2 d_inner, d_model)
   Tensor u_t = ops::transpose(u, 1, 2);
-  Tensor x = conv1d->forward(ops::matmul(ops::slice(w_in, 0, 0, d_inner), u_t), true);  // (batch, d_inner, L)
+  Tensor x_in = ops::matmul(ops::slice(w_in, 0, 0, d_inner), u_t);  // (batch, d_inner, L), before the conv
   Tensor z = ops::matmul(ops::slice(w_in, 0, d_inner, 2 * d_inner), u_t);
   Tensor y;
-  for (size_t k = 0; k < directions_.size(); ++k) {
-    ScanInputs s = scan_inputs(directions_[k], x);
+  for (const Direction& d : directions_) {
+    // The backward conv runs over the flipped sequence; flipped back, its output is
+    // anti-causal, and the reversed scan over it (with z as it is) is the forward
+    // computation on the flipped sequence, flipped back.
+    Tensor x = d.backward ? flip(d.conv1d->forward(flip(x_in, 2), true), 2) : d.conv1d->forward(x_in, true);
+    ScanInputs s = scan_inputs(d, x);
     ops::SelectiveScanOptions o;
-    o.D = parameter(directions_[k].D);
+    o.D = parameter(d.D);
     o.z = z;
     o.delta_bias = s.delta_bias;
     o.delta_softplus = true;
-    o.reverse = k == 1;
-    Tensor y_k = ops::selective_scan(x, s.delta, s.A, s.B, s.C, o).y;  // (batch, d_inner, L)
-    y = y.defined() ? ops::add(y, y_k) : y_k;
+    o.reverse = d.backward;
+    Tensor y_d = ops::selective_scan(x, s.delta, s.A, s.B, s.C, o).y;  // (batch, d_inner, L)
+    // Vim's if_divide_out: the mean of the two directions.
+    y = y.defined() ? ops::mul(ops::add(y, y_d), 0.5) : y_d;
   }
   // y^T W_out^T: (batch, L, d_inner) x (d_inner, d_model), both transposed views.
   return ops::matmul(ops::transpose(y, 1, 2), ops::transpose(out_proj->weight(), 0, 1));

@@ -1,8 +1,10 @@
 // MambaBlock and Mamba2Block on the CPU: parameter names, shapes and weight-decay
 // flags of every variant; the papers' initialisation; MambaBlock's forward pass
 // against plain loops over doubles written here from the equations of
-// include/strata/nn/mamba.h; finite-difference gradients in double for the input
-// and every parameter; the one-token step (for Mamba2Block a recurrence written with
+// include/strata/nn/mamba.h; the bidirectional block as the mean of two
+// unidirectional blocks, one run on the flipped sequence with the "_b" parameters;
+// finite-difference gradients in double for the input and every parameter; the
+// one-token step (for Mamba2Block a recurrence written with
 // plain ops, independent of the chunked SSD) against the full forward; and the
 // messages of bad arguments.
 #include <cmath>
@@ -66,32 +68,37 @@ std::vector<double> naive_block(const nn::MambaBlock& block, const std::vector<d
   const nn::MambaOptions& o = block.options();
   const int64_t Dm = o.d_model, Di = o.d_inner(), N = o.d_state, K = o.d_conv, R = block.dt_rank();
   auto p = parameter_values(block);
-  const std::vector<double>&W_in = p["in_proj.weight"], &conv_w = p["conv1d.weight"], &conv_b = p["conv1d.bias"],
-                   &W_out = p["out_proj.weight"];
+  const std::vector<double>&W_in = p["in_proj.weight"], &W_out = p["out_proj.weight"];
   std::vector<double> out(static_cast<size_t>(batch * length * Dm), 0.0);
   for (int64_t b = 0; b < batch; ++b) {
-    // in_proj, then the causal conv and silu on the x half.
-    std::vector<std::vector<double>> x(length, std::vector<double>(Di)), z = x, xc = x;
+    // in_proj.
+    std::vector<std::vector<double>> x(length, std::vector<double>(Di)), z = x;
     for (int64_t t = 0; t < length; ++t)
       for (int64_t j = 0; j < 2 * Di; ++j) {
         double sum = 0;
         for (int64_t i = 0; i < Dm; ++i) sum += W_in[j * Dm + i] * u[(b * length + t) * Dm + i];
         (j < Di ? x[t][j] : z[t][j - Di]) = sum;
       }
-    for (int64_t t = 0; t < length; ++t)
-      for (int64_t c = 0; c < Di; ++c) {
-        double sum = conv_b[c];
-        for (int64_t k = 0; k < K; ++k) {
-          int64_t source = t - (K - 1) + k;
-          if (source >= 0) sum += conv_w[c * K + k] * x[source][c];
-        }
-        xc[t][c] = silu(sum);
-      }
+    const int directions = o.bidirectional ? 2 : 1;
     std::vector<std::vector<double>> y_total(length, std::vector<double>(Di, 0.0));
-    for (int direction = 0; direction < (o.bidirectional ? 2 : 1); ++direction) {
+    for (int direction = 0; direction < directions; ++direction) {
       auto name = [&](const std::string& base) {
         return direction == 0 ? base : (base == "A_log" ? std::string("A_b_log") : base + "_b");
       };
+      // The direction's conv and silu on the x half: causal forward (taps on t - K + 1
+      // .. t), anti-causal backward (the conv over the flipped sequence: taps on
+      // t + K - 1 .. t).
+      const std::vector<double>&conv_w = p[name("conv1d") + ".weight"], &conv_b = p[name("conv1d") + ".bias"];
+      std::vector<std::vector<double>> xc(length, std::vector<double>(Di));
+      for (int64_t t = 0; t < length; ++t)
+        for (int64_t c = 0; c < Di; ++c) {
+          double sum = conv_b[c];
+          for (int64_t k = 0; k < K; ++k) {
+            int64_t source = direction == 0 ? t - (K - 1) + k : t + (K - 1) - k;
+            if (source >= 0 && source < length) sum += conv_w[c * K + k] * x[source][c];
+          }
+          xc[t][c] = silu(sum);
+        }
       const std::vector<double>&A_log = p[name("A_log")], &D = p[name("D")];
       // delta (L, Di) after softplus; B, C (L, Di, N).
       std::vector<std::vector<double>> delta(length, std::vector<double>(Di));
@@ -132,7 +139,7 @@ std::vector<double> naive_block(const nn::MambaBlock& block, const std::vector<d
             h[n] = std::exp(-delta[t][c] * std::exp(A_log[c * N + n])) * h[n] + delta[t][c] * Bm[t][c][n] * xc[t][c];
             y += Cm[t][c][n] * h[n];
           }
-          y_total[t][c] += y * silu(z[t][c]);
+          y_total[t][c] += y * silu(z[t][c]) / directions;  // Vim's mean of the two directions
         }
       }
     }
@@ -193,10 +200,30 @@ TEST_CASE("MambaBlock registers the reference's parameters, without weight decay
                               {"x_proj.weight", {{8, 8}, true}},
                               {"dt_proj.weight", {{8, 2}, true}},
                               {"dt_proj.bias", {inner, false}},
+                              {"conv1d_b.weight", {{8, 3}, true}},
+                              {"conv1d_b.bias", {inner, false}},
                               {"x_proj_b.weight", {{8, 8}, true}},
                               {"dt_proj_b.weight", {{8, 2}, true}},
                               {"dt_proj_b.bias", {inner, false}},
                               {"out_proj.weight", {{4, 8}, true}}});
+
+  nn::MambaBlock lti_bidirectional(tiny_options(true, true), generator);
+  check_table(lti_bidirectional, {{"B", {{3}, false}},
+                                  {"C", {{3}, false}},
+                                  {"dt_bias", {inner, false}},
+                                  {"A_log", {a_shape, false}},
+                                  {"D", {inner, false}},
+                                  {"B_b", {{3}, false}},
+                                  {"C_b", {{3}, false}},
+                                  {"dt_bias_b", {inner, false}},
+                                  {"A_b_log", {a_shape, false}},
+                                  {"D_b", {inner, false}},
+                                  {"in_proj.weight", {{16, 4}, true}},
+                                  {"conv1d.weight", {{8, 3}, true}},
+                                  {"conv1d.bias", {inner, false}},
+                                  {"conv1d_b.weight", {{8, 3}, true}},
+                                  {"conv1d_b.bias", {inner, false}},
+                                  {"out_proj.weight", {{4, 8}, true}}});
 
   nn::MambaOptions automatic = tiny_options();
   automatic.d_model = 40;
@@ -204,52 +231,80 @@ TEST_CASE("MambaBlock registers the reference's parameters, without weight decay
   CHECK(nn::MambaBlock(automatic, generator).dt_rank() == 3);  // ceil(40 / 16)
 }
 
-TEST_CASE("MambaBlock starts from the paper's initialisation") {
+TEST_CASE("MambaBlock starts from the paper's initialisation, in both directions") {
   nn::MambaOptions o;
   o.d_model = 256;  // d_inner 512 step sizes: enough draws to see the whole range
   o.d_state = 16;
-  for (bool lti : {false, true}) {
+  for (auto [lti, bidirectional] : {std::pair{false, false}, {true, false}, {false, true}, {true, true}}) {
     CAPTURE(lti);
+    CAPTURE(bidirectional);
     o.lti = lti;
+    o.bidirectional = bidirectional;
     Generator generator{7, 0};
     nn::MambaBlock block(o, generator);
     auto p = parameter_values(block);
     const int64_t d_inner = 512, N = 16;
+    for (int direction = 0; direction < (bidirectional ? 2 : 1); ++direction) {
+      CAPTURE(direction);
+      auto name = [&](const std::string& base) {
+        return direction == 0 ? base : (base == "A_log" ? std::string("A_b_log") : base + "_b");
+      };
+      // S4D-real: A_log[d, n] = log(n + 1) in every channel; D = 1.
+      const std::vector<double>& A_log = p[name("A_log")];
+      REQUIRE(A_log.size() == static_cast<size_t>(d_inner * N));
+      for (int64_t d = 0; d < d_inner; ++d)
+        for (int64_t n = 0; n < N; ++n) REQUIRE(A_log[d * N + n] == static_cast<double>(std::log(float(n + 1))));
+      for (double v : p[name("D")]) REQUIRE(v == 1.0);
 
-    // S4D-real: A_log[d, n] = log(n + 1) in every channel; D = 1.
-    for (int64_t d = 0; d < d_inner; ++d)
-      for (int64_t n = 0; n < N; ++n) REQUIRE(p["A_log"][d * N + n] == static_cast<double>(std::log(float(n + 1))));
-    for (double v : p["D"]) REQUIRE(v == 1.0);
+      // The conv as PyTorch's Conv1d: U(-1/sqrt(d_conv), 1/sqrt(d_conv)) with d_conv 4, filling the range.
+      double largest_tap = 0;
+      for (double w : p[name("conv1d") + ".weight"]) largest_tap = std::max(largest_tap, std::fabs(w));
+      CHECK(largest_tap <= 0.5);
+      CHECK(largest_tap > 0.49);
 
-    // softplus(dt bias) log-uniform in [1e-3, 1e-1]: inside the range (up to the
-    // float32 rounding of the bias), covering it, and centred at 1e-2 in log space.
-    const std::vector<double>& bias = lti ? p["dt_bias"] : p["dt_proj.bias"];
-    double low = INFINITY, high = 0, log_sum = 0;
-    for (double b : bias) {
-      double dt = softplus(b);
-      low = std::min(low, dt);
-      high = std::max(high, dt);
-      log_sum += std::log(dt);
+      // softplus(dt bias) log-uniform in [1e-3, 1e-1]: inside the range (up to the
+      // float32 rounding of the bias), covering it, and centred at 1e-2 in log space.
+      const std::vector<double>& bias = lti ? p[name("dt_bias")] : p[name("dt_proj") + ".bias"];
+      REQUIRE(bias.size() == static_cast<size_t>(d_inner));
+      double low = INFINITY, high = 0, log_sum = 0;
+      for (double b : bias) {
+        double dt = softplus(b);
+        low = std::min(low, dt);
+        high = std::max(high, dt);
+        log_sum += std::log(dt);
+      }
+      CHECK(low >= 1e-3 * (1 - 1e-5));
+      CHECK(high <= 1e-1 * (1 + 1e-5));
+      CHECK(low < 1.2e-3);
+      CHECK(high > 0.08);
+      CHECK(std::exp(log_sum / d_inner) == doctest::Approx(1e-2).epsilon(0.25));  // 4 standard errors
+
+      if (lti) {
+        for (double v : p[name("B")]) REQUIRE(v == 1.0);
+        double sum = 0, squares = 0;
+        for (double v : p[name("C")]) sum += v, squares += v * v;
+        const double count = static_cast<double>(N);
+        CHECK(std::fabs(sum / count) < 1.0);  // N(0, 1): mean 0 within 4 standard errors of 16 draws
+        CHECK(std::sqrt(squares / count) == doctest::Approx(1.0).epsilon(0.5));
+      } else {
+        // dt_proj.weight ~ U(-R^-1/2, R^-1/2), R = ceil(256 / 16) = 16.
+        double largest = 0;
+        for (double w : p[name("dt_proj") + ".weight"]) largest = std::max(largest, std::fabs(w));
+        CHECK(largest <= 0.25);
+        CHECK(largest > 0.24);
+      }
     }
-    CHECK(low >= 1e-3 * (1 - 1e-5));
-    CHECK(high <= 1e-1 * (1 + 1e-5));
-    CHECK(low < 1.2e-3);
-    CHECK(high > 0.08);
-    CHECK(std::exp(log_sum / d_inner) == doctest::Approx(1e-2).epsilon(0.25));  // 4 standard errors
-
-    if (lti) {
-      for (double v : p["B"]) REQUIRE(v == 1.0);
-      double sum = 0, squares = 0;
-      for (double v : p["C"]) sum += v, squares += v * v;
-      const double count = static_cast<double>(N);
-      CHECK(std::fabs(sum / count) < 1.0);  // N(0, 1): mean 0 within 4 standard errors of 16 draws
-      CHECK(std::sqrt(squares / count) == doctest::Approx(1.0).epsilon(0.5));
-    } else {
-      // dt_proj.weight ~ U(-R^-1/2, R^-1/2), R = ceil(256 / 16) = 16.
-      double largest = 0;
-      for (double w : p["dt_proj.weight"]) largest = std::max(largest, std::fabs(w));
-      CHECK(largest <= 0.25);
-      CHECK(largest > 0.24);
+    if (bidirectional) {
+      // The backward direction draws its own values: nothing is a copy of the forward one.
+      for (const std::string& base : lti ? std::vector<std::string>{"conv1d.weight", "conv1d.bias", "C", "dt_bias"}
+                                         : std::vector<std::string>{"conv1d.weight", "conv1d.bias", "x_proj.weight",
+                                                                    "dt_proj.weight", "dt_proj.bias"}) {
+        CAPTURE(base);
+        const size_t dot = base.find('.');
+        const std::string backward =
+            dot == std::string::npos ? base + "_b" : base.substr(0, dot) + "_b" + base.substr(dot);
+        CHECK(p[base] != p[backward]);
+      }
     }
   }
 
@@ -288,8 +343,85 @@ TEST_CASE("MambaBlock forward matches plain loops, for S6, LTI and bidirectional
   }
 }
 
+namespace {
+
+// a with its length dim (1) in reverse order, by plain copies.
+Tensor flip_length(const Tensor& a) {
+  std::vector<Tensor> positions;
+  for (int64_t t = a.size(1) - 1; t >= 0; --t) positions.push_back(ops::slice(a, 1, t, t + 1));
+  return ops::concat(positions, 1);
+}
+
+// The name in a bidirectional block of the backward counterpart of a
+// unidirectional block's parameter: conv1d.weight -> conv1d_b.weight, A_log ->
+// A_b_log, D -> D_b, ...; in_proj and out_proj are shared.
+std::string backward_name(const std::string& name) {
+  if (name.rfind("in_proj.", 0) == 0 || name.rfind("out_proj.", 0) == 0) return name;
+  if (name == "A_log") return "A_b_log";
+  const size_t dot = name.find('.');
+  return dot == std::string::npos ? name + "_b" : name.substr(0, dot) + "_b" + name.substr(dot);
+}
+
+// Overwrites every parameter of `target` with its counterpart in `source` (the
+// backward one when asked).
+void copy_direction(const nn::MambaBlock& source, nn::MambaBlock& target, bool backward) {
+  std::map<std::string, Tensor> by_name;
+  for (const nn::NamedParameter& p : source.named_parameters()) by_name[p.name] = p.tensor;
+  for (const nn::NamedParameter& p : target.named_parameters()) {
+    const std::string name = backward ? backward_name(p.name) : p.name;
+    CAPTURE(name);
+    REQUIRE(by_name.count(name) == 1);
+    Tensor destination = p.tensor;
+    destination.copy_(by_name[name].detach());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("A bidirectional MambaBlock is the mean of its forward block and its backward block run on the flipped "
+          "sequence") {
+  // out(u) = (forward(u) + flip(backward(flip(u)))) / 2, where forward and backward
+  // are unidirectional blocks holding the bidirectional block's forward and "_b"
+  // parameters: out_proj is linear, so averaging before it equals averaging after.
+  // Lengths below and above d_conv.
+  for (auto [lti, length] : {std::pair{false, int64_t{7}}, {true, int64_t{7}}, {false, int64_t{2}}}) {
+    CAPTURE(lti);
+    CAPTURE(length);
+    Generator generator{81, 0};
+    nn::MambaBlock both(tiny_options(lti, true), generator);
+    nn::MambaBlock forward(tiny_options(lti, false), generator), backward(tiny_options(lti, false), generator);
+    for (nn::Module* block : std::vector<nn::Module*>{&both, &forward, &backward}) block->to(DType::Float64);
+    perturb(both, 600, 0.3);
+    copy_direction(both, forward, false);
+    copy_direction(both, backward, true);
+    Tensor u = testing::random({2, length, 4}, 19);
+    autograd::NoGradGuard no_grad;
+    Tensor expected = ops::mul(ops::add(forward.forward(u), flip_length(backward.forward(flip_length(u)))), 0.5);
+    double error = testing::max_abs_difference(both.forward(u), expected);
+    CHECK_MESSAGE(error < 1e-13, "max |bidirectional - (forward + flipped backward) / 2| = " << error);
+    // The backward direction matters: the forward block alone is something else.
+    CHECK(testing::max_abs_difference(both.forward(u), forward.forward(u)) > 1e-3);
+  }
+}
+
+TEST_CASE("A bidirectional MambaBlock draws its shared and forward parameters as the unidirectional block does") {
+  // The backward direction is drawn after the forward one and before out_proj, so
+  // from one seed everything up to it matches the unidirectional block.
+  for (bool lti : {false, true}) {
+    CAPTURE(lti);
+    Generator first{91, 0}, second{91, 0};
+    auto unidirectional = parameter_values(nn::MambaBlock(tiny_options(lti, false), first));
+    auto bidirectional = parameter_values(nn::MambaBlock(tiny_options(lti, true), second));
+    for (const auto& [name, values] : unidirectional) {
+      CAPTURE(name);
+      if (name == "out_proj.weight") continue;
+      CHECK(bidirectional.at(name) == values);
+    }
+  }
+}
+
 TEST_CASE("MambaBlock gradients match finite differences in double, for every variant") {
-  for (auto [lti, bidirectional] : {std::pair{false, false}, {true, false}, {false, true}}) {
+  for (auto [lti, bidirectional] : {std::pair{false, false}, {true, false}, {false, true}, {true, true}}) {
     CAPTURE(lti);
     CAPTURE(bidirectional);
     Generator generator{31, 0};

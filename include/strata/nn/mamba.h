@@ -34,14 +34,25 @@
 //     LTI layer" baseline of the paper's selective-copying experiment (Table 1),
 //     though weaker than S4/S4D, whose B and C are per channel. Parameters: B, C,
 //     dt_bias.
-//   bidirectional: a second scan runs backwards (last position first) over the same
-//     conv output and z gate, with its own x_proj_b, dt_proj_b, A_b_log, D_b (or
-//     B_b, C_b, dt_bias_b with lti), initialised like the forward ones; the two
-//     outputs are summed before out_proj (Vim's "bimamba v2"; Vim also gives the
-//     backward direction its own conv over the flipped sequence, here both
-//     directions read one causal conv). Position t then sees the whole sequence:
-//     use it where targets are not the next input (the synthetic recall tasks,
-//     classification), never for next-token language modelling.
+//   bidirectional (Vim's "bimamba v2": Zhu et al. 2024, Algorithm 1, and
+//     hustvl/Vim mamba_simple.py): in_proj, the z gate and out_proj stay shared, and
+//     a backward direction with its own conv1d_b, x_proj_b, dt_proj_b, A_b_log and
+//     D_b (or B_b, C_b, dt_bias_b with lti) runs the forward direction's computation
+//     on the flipped sequence. With x the in_proj half before the conv and y_f the
+//     forward direction's scan output (D skip and silu(z) gate included):
+//       x_b = flip(silu(conv1d_b(flip(x))))        anti-causal: x_b at t reads x at t .. t + d_conv - 1
+//       y_b = selective_scan(x_b, ..., reverse)    x_b's delta, B, C; last position first, gated by silu(z)
+//       out = out_proj((y_f + y_b) / 2)
+//     so y_b = flip(the forward direction's computation with the "_b" parameters on
+//     flip(x) and flip(z)).
+//     The halving is the reference's if_divide_out, on in the released Vim models
+//     (Algorithm 1 writes the plain sum). The backward parameters are initialised
+//     like the forward ones (conv as PyTorch does, S4D-real A, D = 1, the dt
+//     initialisation above; Vim's code lets its model init zero dt_proj_b.bias,
+//     softplus(0) = ln 2, which we do not copy) and registered right after them;
+//     A_b_log, D_b and the dt bias without weight decay. Position t then sees the
+//     whole sequence: use it where targets are not the next input (the synthetic
+//     recall tasks, classification), never for next-token language modelling.
 //
 // Mamba2Block (Dao & Gu, "Transformers are SSMs", 2024; mamba2.py), for u (batch, L,
 // d_model), d_inner = expand * d_model split into H = d_inner / P heads of P =
@@ -138,9 +149,11 @@ class MambaBlock : public Module {
   std::shared_ptr<CausalConv1d> conv1d;
 
  private:
-  // The SSM parameters of one scan direction: the forward one, and for the
-  // bidirectional block the backward one, whose names carry Vim's "_b".
+  // The conv and SSM parameters of one scan direction: the forward one, and for
+  // the bidirectional block the backward one, whose names carry Vim's "_b".
   struct Direction {
+    bool backward = false;
+    std::shared_ptr<CausalConv1d> conv1d;     // the block's conv1d, or conv1d_b
     std::string A_log, D, B, C, dt_bias;      // parameter names; B, C, dt_bias with lti only
     std::shared_ptr<Linear> x_proj, dt_proj;  // null with lti
   };
