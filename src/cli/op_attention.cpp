@@ -1,13 +1,17 @@
 // strata op attention IN.h5 OUT.h5: ops::attention (or ops::block_sparse_attention
-// when IN.h5 has a layout) on tensors read from IN.h5, with its outputs and, given
-// an upstream gradient, the gradient of every input written to OUT.h5. The
-// datasets are listed in kHelp; the equations are those of strata/ops/attention.h.
+// when IN.h5 has a layout, ops::dynamic_mask_attention when it has a key_bias) on
+// tensors read from IN.h5, with its outputs and, given an upstream gradient, the
+// gradient of every input written to OUT.h5. The datasets are listed in kHelp; the
+// equations are those of strata/ops/attention.h.
 //
 // The layout is read as CSR arrays rather than a builder name and parameters, so
 // any framework can hand over any block mask (FlexAttention's kv_indices, a
 // hand-written pattern) and the builders are checked by comparing their arrays.
 #include <map>
 #include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
 
 #include "cli/commands.h"
 #include "strata/autograd/autograd.h"
@@ -32,6 +36,9 @@ constexpr const char* kHelp = R"(IN.h5 (datasets at the root; shapes as in strat
   key_temperature     broadcastable to (batch, kv_heads, Lk)
   causal              integer 0 or 1 (default 0)
   scale               number (default 1 / sqrt(head_dim))
+  return_probabilities
+                      integer 0 or 1 (default 0): also write the attention probabilities
+                      (at most 2^28 elements; not with key_bias)
   grad_out            (batch, heads, Lq, head_dim): the upstream gradient of out; without
                       it only the forward pass runs
   layout/block_size, layout/row_offsets, layout/column_indices
@@ -40,14 +47,49 @@ constexpr const char* kHelp = R"(IN.h5 (datasets at the root; shapes as in strat
                       of row r are column_indices[row_offsets[r] .. row_offsets[r + 1]);
                       one head (shared) or one per attention head. With a layout,
                       ops::block_sparse_attention runs instead of ops::attention.
-Dtypes: q, k, v float32 or float64 on cpu; float32, bfloat16 or float16 on cuda.
+Dynamic mask attention (ops::dynamic_mask_attention, always causal) runs instead when
+IN.h5 has a key_bias:
+  key_bias            (batch, kv_heads, Lk): one logit bias per key, shared by the
+                      queries (a model forms it from the values: A softplus(dt))
+  keep_window         integer >= 1, required with key_bias: each query keeps the
+                      keep_window causally visible keys of largest key_bias (ties: the
+                      lower index)
+  with q, k, v, scale, grad_out as above; causal may be given only as 1; bias, sinks,
+  the temperatures, return_probabilities and a layout are errors with key_bias.
+Dtypes: q, k, v float32 or float64 on cpu; float32, bfloat16 or float16 on cuda; the
+others any float dtype.
 
 OUT.h5 (written atomically):
-  out (batch, heads, Lq, head_dim), lse (batch, heads, Lq), and with grad_out: grad_q,
-  grad_k, grad_v and grad_<name> for each of bias, sinks, query_temperature,
-  key_temperature given.)";
+  out                 (batch, heads, Lq, head_dim)
+  lse                 (batch, heads, Lq); not with key_bias (the op does not return it)
+  probabilities       (batch, heads, Lq, Lk), with return_probabilities: lse's dtype, zero
+                      where a key is not visible; not differentiated
+  grad_q, grad_k, grad_v, grad_<name>
+                      with grad_out: the gradient of every input, grad_<name> for each of
+                      bias, sinks, query_temperature, key_temperature, key_bias given)";
 
-const char* const kOptionalInputs[] = {"bias", "sinks", "query_temperature", "key_temperature"};
+// Optional tensors read as leaves (each gets a gradient); key_bias selects dynamic
+// mask attention.
+const char* const kOptionalInputs[] = {"bias", "sinks", "query_temperature", "key_temperature", "key_bias"};
+
+// The datasets only ops::attention and ops::block_sparse_attention take.
+const char* const kDenseOnlyInputs[] = {"bias", "sinks", "query_temperature", "key_temperature",
+                                        "return_probabilities", "layout"};
+
+// The forward outputs to write, out first (the one grad_out is the gradient of).
+using Outputs = std::vector<std::pair<std::string, Tensor>>;
+
+// An integer dataset 0 or 1, false when absent.
+bool read_flag(const H5Reader& in, const char* name) {
+  if (!in.has(name)) return false;
+  const int64_t value = in.read_int(name);
+  STRATA_CHECK(value == 0 || value == 1, "{}: {}: must be 0 or 1, got {}", in.path(), name, value);
+  return value == 1;
+}
+
+std::optional<double> read_scale(const H5Reader& in) {
+  return in.has("scale") ? std::optional<double>(in.read_double("scale")) : std::nullopt;
+}
 
 // The CSR arrays of IN.h5 as a layout, with errors naming the dataset.
 kernels::BlockLayout read_layout(const H5Reader& in, int64_t query_length, int64_t key_length) {
@@ -75,6 +117,56 @@ kernels::BlockLayout read_layout(const H5Reader& in, int64_t query_length, int64
   return with_context("reading the layout of " + file, [&] { return kernels::BlockLayout::from_lists(geometry, key_blocks); });
 }
 
+// ops::dynamic_mask_attention on q, k, v and key_bias. It is causal and takes none
+// of ops::attention's options, so any of them in IN.h5 is an error rather than
+// silently ignored (the numbers would not be those the user asked for).
+Outputs run_dynamic_mask_attention(const H5Reader& in, const std::map<std::string, Tensor>& inputs) {
+  const std::string& file = in.path();
+  for (const char* name : kDenseOnlyInputs)
+    STRATA_CHECK(!in.has(name), "{}: {}: not taken by dynamic mask attention (IN.h5 has a key_bias)", file, name);
+  STRATA_CHECK(!in.has("causal") || read_flag(in, "causal"),
+               "{}: causal: dynamic mask attention is causal, so causal can only be 1", file);
+  STRATA_CHECK(in.has("keep_window"), "{}: keep_window: required with key_bias (dynamic mask attention)", file);
+  const int64_t keep_window = in.read_int("keep_window");
+  STRATA_CHECK(keep_window > 0, "{}: keep_window: must be positive, got {}", file, keep_window);
+  Tensor out = with_context("running dynamic mask attention on " + file, [&] {
+    return ops::dynamic_mask_attention(inputs.at("q"), inputs.at("k"), inputs.at("v"), inputs.at("key_bias"),
+                                       keep_window, read_scale(in));
+  });
+  return {{"out", out}};
+}
+
+// ops::attention, or ops::block_sparse_attention when IN.h5 has a layout.
+Outputs run_dense_or_sparse_attention(const H5Reader& in, const std::map<std::string, Tensor>& inputs,
+                                      Device device) {
+  const std::string& file = in.path();
+  STRATA_CHECK(!in.has("keep_window"), "{}: keep_window: needs a key_bias (dynamic mask attention)", file);
+  auto optional_input = [&](const char* name) { return inputs.count(name) ? inputs.at(name) : Tensor(); };
+  ops::AttentionOptions options;
+  options.return_lse = true;
+  options.return_probabilities = read_flag(in, "return_probabilities");
+  options.causal = read_flag(in, "causal");
+  options.scale = read_scale(in);
+  options.bias = optional_input("bias");
+  options.sinks = optional_input("sinks");
+  options.query_temperature = optional_input("query_temperature");
+  options.key_temperature = optional_input("key_temperature");
+
+  const Tensor &q = inputs.at("q"), &k = inputs.at("k"), &v = inputs.at("v");
+  kernels::BlockLayout layout;
+  if (in.has("layout")) {
+    STRATA_CHECK(q.dim() == 4 && k.dim() == 4, "{}: q {} and k {} must be 4-dimensional to take a layout", file,
+                 q.str(), k.str());
+    layout = read_layout(in, q.shape()[2], k.shape()[2]).to(device);
+  }
+  ops::AttentionResult result = with_context("running attention on " + file, [&] {
+    return layout.defined() ? ops::block_sparse_attention(q, k, v, layout, options) : ops::attention(q, k, v, options);
+  });
+  Outputs outputs{{"out", result.out}, {"lse", result.lse}};
+  if (result.probabilities.defined()) outputs.emplace_back("probabilities", result.probabilities);
+  return outputs;
+}
+
 void run_attention(const std::string& in_path, const std::string& out_path, const std::string& device_name) {
   Device device = parse_device(device_name);
   if (device.is_cuda()) cuda::set_device(device.index);
@@ -92,38 +184,17 @@ void run_attention(const std::string& in_path, const std::string& out_path, cons
   for (const char* name : kOptionalInputs)
     if (in.has(name)) read_input(name);
 
-  ops::AttentionOptions options;
-  options.return_lse = true;
-  if (in.has("causal")) {
-    int64_t causal = in.read_int("causal");
-    STRATA_CHECK(causal == 0 || causal == 1, "{}: causal: must be 0 or 1, got {}", in_path, causal);
-    options.causal = causal == 1;
-  }
-  if (in.has("scale")) options.scale = in.read_double("scale");
-  options.bias = inputs.count("bias") ? inputs["bias"] : Tensor();
-  options.sinks = inputs.count("sinks") ? inputs["sinks"] : Tensor();
-  options.query_temperature = inputs.count("query_temperature") ? inputs["query_temperature"] : Tensor();
-  options.key_temperature = inputs.count("key_temperature") ? inputs["key_temperature"] : Tensor();
-
-  const Tensor &q = inputs["q"], &k = inputs["k"], &v = inputs["v"];
-  kernels::BlockLayout layout;
-  if (in.has("layout")) {
-    STRATA_CHECK(q.dim() == 4 && k.dim() == 4, "{}: q {} and k {} must be 4-dimensional to take a layout", in_path,
-                 q.str(), k.str());
-    layout = read_layout(in, q.shape()[2], k.shape()[2]).to(device);
-  }
-  ops::AttentionResult result = with_context("running attention on " + in_path, [&] {
-    return layout.defined() ? ops::block_sparse_attention(q, k, v, layout, options) : ops::attention(q, k, v, options);
-  });
+  const Outputs outputs =
+      in.has("key_bias") ? run_dynamic_mask_attention(in, inputs) : run_dense_or_sparse_attention(in, inputs, device);
 
   H5Writer out(out_path);
-  out.write_tensor("out", result.out);
-  out.write_tensor("lse", result.lse);
+  for (const auto& [name, tensor] : outputs) out.write_tensor(name, tensor);
   if (in.has("grad_out")) {
+    const Tensor& result_out = outputs.front().second;
     Tensor grad_out = in.read_tensor("grad_out").to(device);
-    STRATA_CHECK(grad_out.shape() == result.out.shape(), "{}: grad_out: {} must have the shape of out {}", in_path,
-                 grad_out.str(), result.out.str());
-    autograd::backward(result.out, grad_out.to(result.out.dtype()));
+    STRATA_CHECK(grad_out.shape() == result_out.shape(), "{}: grad_out: {} must have the shape of out {}", in_path,
+                 grad_out.str(), result_out.str());
+    autograd::backward(result_out, grad_out.to(result_out.dtype()));
     for (const auto& [name, tensor] : inputs)
       if (tensor.grad().defined()) out.write_tensor("grad_" + name, tensor.grad());
   }
@@ -133,8 +204,9 @@ void run_attention(const std::string& in_path, const std::string& out_path, cons
 }  // namespace
 
 void add_op_attention_command(CLI::App& op) {
-  auto* cmd = op.add_subcommand("attention", "Fused attention (dense or block-sparse) on the tensors of IN.h5; "
-                                             "outputs and gradients to OUT.h5 (datasets: see --help)");
+  auto* cmd = op.add_subcommand("attention",
+                                "Fused attention (dense, block-sparse or dynamic mask) on the tensors of IN.h5; "
+                                "outputs and gradients to OUT.h5 (datasets: see --help)");
   cmd->footer(kHelp);
   auto in = std::make_shared<std::string>(), out = std::make_shared<std::string>();
   auto device = std::make_shared<std::string>("cpu");
