@@ -55,7 +55,6 @@ void write_inputs(const fs::path& path, const MoEInputs& in, bool with_w_up) {
   writer.commit();
 }
 
-
 using Datasets = std::map<std::string, Tensor>;
 
 // Writes `tensors` and, when top_k > 0, the integer top_k.
@@ -187,8 +186,9 @@ TEST_CASE("strata op moe names the file and the dataset it cannot use, and write
   CHECK(r.err.find("top_k = 7") != std::string::npos);
   CHECK_FALSE(fs::exists(dir / "out.h5"));
 
-  Datasets complete = {{"x", in.x},           {"router_weight", in.router_weight}, {"w_gate", in.w_gate},
-                       {"w_up", in.w_up},     {"w_down", in.w_down},               {"grad_output", in.grad_output}};
+  const Datasets complete = {{"x", in.x},         {"router_weight", in.router_weight},
+                             {"w_gate", in.w_gate}, {"w_up", in.w_up},
+                             {"w_down", in.w_down}, {"grad_output", in.grad_output}};
   // A shared expert without its down projection.
   Datasets partial_shared = complete;
   partial_shared["shared_w_gate"] = testing::random({3, 4}, 7);
@@ -221,19 +221,19 @@ TEST_CASE("strata op moe adds the shared expert as nn::MoEFeedForward does") {
   const int64_t tokens = 11, hidden = options.expert_hidden;
   Tensor x = testing::random({tokens, options.d_model}, 31).set_requires_grad(true);
   Tensor grad_output = testing::random({tokens, options.d_model}, 32);
-  std::vector<Tensor> gate_and_up = ops::split(p["experts.gate_up_weight"], {hidden, hidden}, 1);
+  std::vector<Tensor> gate_and_up = ops::split(p["experts.gate_up_weight"].detach(), {hidden, hidden}, 1);
   {
     checkpoint::H5Writer writer((dir / "in.h5").string());
     const Datasets inputs = {{"x", x.detach()},
                              {"router_weight", p["router.weight"]},
-                             {"w_gate", gate_and_up[0].detach().contiguous()},
-                             {"w_up", gate_and_up[1].detach().contiguous()},
+                             {"w_gate", gate_and_up[0].contiguous()},
+                             {"w_up", gate_and_up[1].contiguous()},
                              {"w_down", p["experts.down_weight"]},
                              {"shared_w_gate", p["shared_expert.gate.weight"]},
                              {"shared_w_up", p["shared_expert.up.weight"]},
                              {"shared_w_down", p["shared_expert.down.weight"]},
                              {"grad_output", grad_output}};
-    for (const auto& [name, tensor] : inputs) writer.write_tensor(name, tensor.detach());
+    for (const auto& [name, tensor] : inputs) writer.write_tensor(name, tensor);
     writer.write_int("top_k", options.top_k);
     writer.write_double("capacity_factor", options.capacity_factor);
     writer.write_double("aux_loss_weight", options.aux_loss_weight);
