@@ -59,6 +59,16 @@ std::map<std::string, std::vector<double>> parameter_values(const nn::Module& mo
   return values;
 }
 
+// The name in a bidirectional block of the backward counterpart of a
+// unidirectional block's parameter: conv1d.weight -> conv1d_b.weight, A_log ->
+// A_b_log, D -> D_b, ...; in_proj and out_proj are shared.
+std::string backward_name(const std::string& name) {
+  if (name.rfind("in_proj.", 0) == 0 || name.rfind("out_proj.", 0) == 0) return name;
+  if (name == "A_log") return "A_b_log";
+  const size_t dot = name.find('.');
+  return dot == std::string::npos ? name + "_b" : name.substr(0, dot) + "_b" + name.substr(dot);
+}
+
 double softplus(double x) { return x > 20 ? x : std::log1p(std::exp(x)); }
 double silu(double x) { return x / (1.0 + std::exp(-x)); }
 
@@ -300,10 +310,7 @@ TEST_CASE("MambaBlock starts from the paper's initialisation, in both directions
                                          : std::vector<std::string>{"conv1d.weight", "conv1d.bias", "x_proj.weight",
                                                                     "dt_proj.weight", "dt_proj.bias"}) {
         CAPTURE(base);
-        const size_t dot = base.find('.');
-        const std::string backward =
-            dot == std::string::npos ? base + "_b" : base.substr(0, dot) + "_b" + base.substr(dot);
-        CHECK(p[base] != p[backward]);
+        CHECK(p[base] != p[backward_name(base)]);
       }
     }
   }
@@ -350,16 +357,6 @@ Tensor flip_length(const Tensor& a) {
   std::vector<Tensor> positions;
   for (int64_t t = a.size(1) - 1; t >= 0; --t) positions.push_back(ops::slice(a, 1, t, t + 1));
   return ops::concat(positions, 1);
-}
-
-// The name in a bidirectional block of the backward counterpart of a
-// unidirectional block's parameter: conv1d.weight -> conv1d_b.weight, A_log ->
-// A_b_log, D -> D_b, ...; in_proj and out_proj are shared.
-std::string backward_name(const std::string& name) {
-  if (name.rfind("in_proj.", 0) == 0 || name.rfind("out_proj.", 0) == 0) return name;
-  if (name == "A_log") return "A_b_log";
-  const size_t dot = name.find('.');
-  return dot == std::string::npos ? name + "_b" : name.substr(0, dot) + "_b" + name.substr(dot);
 }
 
 // Overwrites every parameter of `target` with its counterpart in `source` (the
