@@ -14,9 +14,9 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/op.h"
 #include "strata/autograd/autograd.h"
 #include "strata/checkpoint/h5file.h"
-#include "strata/core/memory.h"
 #include "strata/kernels/block_layout.h"
 #include "strata/ops/attention.h"
 
@@ -167,10 +167,15 @@ Outputs run_dense_or_sparse_attention(const H5Reader& in, const std::map<std::st
   return outputs;
 }
 
+// Every dataset IN.h5 may hold (kHelp).
+const std::vector<std::string> kKnownDatasets = {
+    "q", "k", "v", "bias", "sinks", "query_temperature", "key_temperature", "key_bias", "keep_window", "causal",
+    "scale", "return_probabilities", "grad_out", "layout/block_size", "layout/row_offsets", "layout/column_indices"};
+
 void run_attention(const std::string& in_path, const std::string& out_path, const std::string& device_name) {
-  Device device = parse_device(device_name);
-  if (device.is_cuda()) cuda::set_device(device.index);
+  Device device = op_device(device_name);
   H5Reader in(in_path);
+  check_known_datasets("attention", in, kKnownDatasets);
   autograd::EnableGradGuard grad_mode;
 
   // Every float input is a leaf that requires grad, so each gets a gradient.
@@ -204,16 +209,8 @@ void run_attention(const std::string& in_path, const std::string& out_path, cons
 }  // namespace
 
 void add_op_attention_command(CLI::App& op) {
-  auto* cmd = op.add_subcommand("attention",
-                                "Fused attention (dense, block-sparse or dynamic mask) on the tensors of IN.h5; "
-                                "outputs and gradients to OUT.h5 (datasets: see --help)");
-  cmd->footer(kHelp);
-  auto in = std::make_shared<std::string>(), out = std::make_shared<std::string>();
-  auto device = std::make_shared<std::string>("cpu");
-  cmd->add_option("in", *in, "Input HDF5 file")->required()->check(CLI::ExistingFile);
-  cmd->add_option("out", *out, "Output HDF5 file")->required();
-  cmd->add_option("--device", *device, "cpu, cuda or cuda:N");
-  cmd->callback([in, out, device] { run_attention(*in, *out, *device); });
+  add_op_subcommand(op, "attention", "Fused attention (dense, block-sparse or dynamic mask) on the tensors of IN.h5",
+                    kHelp, run_attention);
 }
 
 }  // namespace strata::cli

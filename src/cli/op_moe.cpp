@@ -5,16 +5,15 @@
 //
 // A dataset the subcommand does not know is an error rather than silently ignored
 // (a misspelt optional input would otherwise change the numbers unnoticed).
-#include <algorithm>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/op.h"
 #include "strata/autograd/autograd.h"
 #include "strata/checkpoint/h5file.h"
-#include "strata/core/memory.h"
 #include "strata/ops/moe.h"
 #include "strata/ops/ops.h"
 
@@ -79,26 +78,6 @@ OUT.h5 (written atomically; floating tensors in query's dtype):
   (n_keys^2, d_value; zero in the rows no token read) of
   loss = sum(output * grad_output) + sum(weights * grad_weights).)";
 
-struct OpCommandOptions {
-  std::string input, output;
-  std::string device = "cpu";
-};
-
-Device selected_device(const std::string& name) {
-  Device device = parse_device(name);
-  if (device.is_cuda()) cuda::set_device(device.index);
-  return device;
-}
-
-void check_known_datasets(const char* op, const checkpoint::H5Reader& in, const std::vector<std::string>& known) {
-  for (const std::string& full_name : in.list("/")) {
-    const std::string name = full_name.substr(1);  // list() gives "/name"
-    STRATA_CHECK(std::find(known.begin(), known.end(), name) != known.end(),
-                 "op {}: {}: dataset '{}' is not an input of this op (see strata op {} --help)", op, in.path(), name,
-                 op);
-  }
-}
-
 // A tensor dataset of the input file with the expected shape (dims < 0: any size),
 // on `device`.
 Tensor read_input(const char* op, const checkpoint::H5Reader& in, const std::string& name,
@@ -127,10 +106,10 @@ int64_t read_required_int(const char* op, const checkpoint::H5Reader& in, const 
   return in.read_int(name);
 }
 
-void op_moe(const OpCommandOptions& o) {
+void op_moe(const std::string& in_path, const std::string& out_path, const std::string& device_name) {
   const char* op = "moe";
-  const Device device = selected_device(o.device);
-  checkpoint::H5Reader in(o.input);
+  const Device device = op_device(device_name);
+  checkpoint::H5Reader in(in_path);
   check_known_datasets(op, in,
                        {"x", "router_weight", "w_gate", "w_up", "w_down", "grad_output", "top_k", "router",
                         "renormalize", "capacity_factor", "chunk_size", "sequence_length", "aux_loss_weight",
@@ -178,9 +157,9 @@ void op_moe(const OpCommandOptions& o) {
   const double aux_loss_weight = in.has("aux_loss_weight") ? in.read_double("aux_loss_weight") : 0.0;
   const double z_loss_weight = in.has("z_loss_weight") ? in.read_double("z_loss_weight") : 0.0;
 
-  checkpoint::H5Writer out(o.output);
+  checkpoint::H5Writer out(out_path);
   int64_t kept_rows = 0;
-  with_context(fmt::format("running op moe on {}", o.input), [&] {
+  with_context(fmt::format("running op moe on {}", in_path), [&] {
     for (auto& [name, t] : leaves) t.set_requires_grad(true);
     ops::MoERouting routing = ops::moe_route(ops::linear(x, router_weight), route);
     kept_rows = routing.rows;
@@ -212,13 +191,14 @@ void op_moe(const OpCommandOptions& o) {
   });
   out.commit();
   fmt::print("op moe: {} tokens, {} experts, top_k {}, {} rows kept{} -> {}\n", tokens, experts, route.top_k,
-             kept_rows, shared_expert ? ", shared expert" : "", o.output);
+             kept_rows, shared_expert ? ", shared expert" : "", out_path);
 }
 
-void op_product_key_memory(const OpCommandOptions& o) {
+void op_product_key_memory(const std::string& in_path, const std::string& out_path,
+                           const std::string& device_name) {
   const char* op = "product_key_memory";
-  const Device device = selected_device(o.device);
-  checkpoint::H5Reader in(o.input);
+  const Device device = op_device(device_name);
+  checkpoint::H5Reader in(in_path);
   check_known_datasets(op, in,
                        {"query", "sub_keys_1", "sub_keys_2", "values", "top_k", "grad_output", "grad_weights"});
 
@@ -251,8 +231,8 @@ void op_product_key_memory(const OpCommandOptions& o) {
   check_one_dtype(op, in, same_dtype);
   const bool backward = grad_output.defined() || grad_weights.defined();
 
-  checkpoint::H5Writer out(o.output);
-  with_context(fmt::format("running op {} on {}", op, o.input), [&] {
+  checkpoint::H5Writer out(out_path);
+  with_context(fmt::format("running op {} on {}", op, in_path), [&] {
     if (backward)
       for (auto& [name, t] : leaves) t.set_requires_grad(true);
     ops::ProductKeyResult result = ops::product_key_memory(query, sub_keys_1, sub_keys_2, values, top_k);
@@ -276,32 +256,19 @@ void op_product_key_memory(const OpCommandOptions& o) {
   });
   out.commit();
   fmt::print("op product_key_memory: {} tokens, n_keys {} ({} values of {}), top_k {}{} -> {}\n", tokens, n_keys,
-             n_keys * n_keys, d_value, top_k, backward ? ", with gradients" : "", o.output);
-}
-
-using RunOp = void (*)(const OpCommandOptions& options);
-
-void add_subcommand(CLI::App& op, const char* name, const char* description, const char* help, RunOp run) {
-  auto* cmd = op.add_subcommand(name, fmt::format("{}; outputs and gradients to OUT.h5 (datasets: see --help)",
-                                                  description));
-  auto options = std::make_shared<OpCommandOptions>();
-  cmd->add_option("input", options->input, "HDF5 file with the inputs")->required();
-  cmd->add_option("output", options->output, "HDF5 file to write")->required();
-  cmd->add_option("--device", options->device, "cpu, cuda or cuda:N");
-  cmd->footer(help);
-  cmd->callback([options, run] { run(*options); });
+             n_keys * n_keys, d_value, top_k, backward ? ", with gradients" : "", out_path);
 }
 
 }  // namespace
 
 void add_op_moe_command(CLI::App& op) {
-  add_subcommand(op, "moe",
+  add_op_subcommand(op, "moe",
                  "A mixture-of-experts layer (router, dispatch, SwiGLU experts, combine, optional shared expert)",
                  kMoEHelp, op_moe);
 }
 
 void add_op_product_key_memory_command(CLI::App& op) {
-  add_subcommand(op, "product_key_memory",
+  add_op_subcommand(op, "product_key_memory",
                  "A product-key memory lookup (two sub-key codebooks, top-k, softmax-weighted value rows)",
                  kProductKeyMemoryHelp, op_product_key_memory);
 }

@@ -7,15 +7,14 @@
 // Dataset names are the op's argument names, so the op's own shape errors name the
 // dataset; a dataset the subcommand does not know is an error rather than silently
 // ignored (a misspelt optional input would otherwise change the numbers unnoticed).
-#include <algorithm>
 #include <map>
 #include <memory>
 #include <utility>
 
 #include "cli/commands.h"
+#include "cli/op.h"
 #include "strata/autograd/autograd.h"
 #include "strata/checkpoint/h5file.h"
-#include "strata/core/memory.h"
 #include "strata/ops/ops.h"
 #include "strata/ops/ssd.h"
 #include "strata/ops/ssm.h"
@@ -112,12 +111,7 @@ class OpInput {
   // `known`: every dataset the subcommand reads (inputs, options, grad_<output>).
   OpInput(std::string op, const std::string& path, Device device, const std::vector<std::string>& known)
       : op_(std::move(op)), file_(path), device_(device) {
-    for (const std::string& full_name : file_.list("/")) {
-      const std::string name = full_name.substr(1);  // list() gives "/name"
-      STRATA_CHECK(std::find(known.begin(), known.end(), name) != known.end(),
-                   "op {}: {}: dataset '{}' is not an input of this op (see strata op {} --help)", op_, path, name,
-                   op_);
-    }
+    check_known_datasets(op_, file_, known);
   }
 
   const std::string& path() const { return file_.path(); }
@@ -201,14 +195,8 @@ class OpInput {
   std::map<std::string, Tensor> leaves_;
 };
 
-Device selected_device(const std::string& name) {
-  Device device = parse_device(name);
-  if (device.is_cuda()) cuda::set_device(device.index);
-  return device;
-}
-
 void run_selective_scan(const std::string& in_path, const std::string& out_path, const std::string& device_name) {
-  const Device device = selected_device(device_name);
+  const Device device = op_device(device_name);
   OpInput in("selective_scan", in_path, device,
              {"u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state", "delta_softplus", "reverse",
               "return_states", "reversed", "grad_y", "grad_final_state", "grad_states"});
@@ -247,7 +235,7 @@ void run_selective_scan(const std::string& in_path, const std::string& out_path,
 }
 
 void run_causal_conv1d(const std::string& in_path, const std::string& out_path, const std::string& device_name) {
-  const Device device = selected_device(device_name);
+  const Device device = op_device(device_name);
   OpInput in("causal_conv1d", in_path, device, {"x", "weight", "bias", "silu", "grad_y"});
   autograd::EnableGradGuard grad_mode;
   Tensor x = in.required("x", "(batch, channels, length)");
@@ -259,7 +247,7 @@ void run_causal_conv1d(const std::string& in_path, const std::string& out_path, 
 }
 
 void run_ssd(const std::string& in_path, const std::string& out_path, const std::string& device_name) {
-  const Device device = selected_device(device_name);
+  const Device device = op_device(device_name);
   OpInput in("ssd", in_path, device,
              {"x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state", "dt_softplus", "chunk_size", "grad_y",
               "grad_final_state"});
@@ -281,7 +269,7 @@ void run_ssd(const std::string& in_path, const std::string& out_path, const std:
 }
 
 void run_gated_rms_norm(const std::string& in_path, const std::string& out_path, const std::string& device_name) {
-  const Device device = selected_device(device_name);
+  const Device device = op_device(device_name);
   OpInput in("gated_rms_norm", in_path, device, {"x", "z", "weight", "eps", "group_size", "grad_y"});
   autograd::EnableGradGuard grad_mode;
   Tensor x = in.required("x", "(..., dim)");
@@ -293,30 +281,15 @@ void run_gated_rms_norm(const std::string& in_path, const std::string& out_path,
   in.write_results(out_path, {{"y", y}});
 }
 
-using RunOp = void (*)(const std::string& in_path, const std::string& out_path, const std::string& device);
-
-void add_subcommand(CLI::App& op, const char* name, const std::string& description, const char* help, RunOp run) {
-  auto* cmd = op.add_subcommand(name, description + "; outputs and gradients to OUT.h5 (datasets: see --help)");
-  cmd->footer(help);
-  auto in = std::make_shared<std::string>(), out = std::make_shared<std::string>();
-  auto device = std::make_shared<std::string>("cpu");
-  // No CLI::ExistingFile check: H5Reader's error for a missing file is one line, as
-  // every other error of these subcommands.
-  cmd->add_option("in", *in, "Input HDF5 file")->required();
-  cmd->add_option("out", *out, "Output HDF5 file")->required();
-  cmd->add_option("--device", *device, "cpu, cuda or cuda:N");
-  cmd->callback([in, out, device, run] { run(*in, *out, *device); });
-}
-
 }  // namespace
 
 void add_op_ssm_commands(CLI::App& op) {
-  add_subcommand(op, "selective_scan", "Mamba's selective scan (one route or K) on the tensors of IN.h5",
+  add_op_subcommand(op, "selective_scan", "Mamba's selective scan (one route or K) on the tensors of IN.h5",
                  kSelectiveScanHelp, run_selective_scan);
-  add_subcommand(op, "causal_conv1d", "The causal depthwise conv1d (optional SiLU) on the tensors of IN.h5",
+  add_op_subcommand(op, "causal_conv1d", "The causal depthwise conv1d (optional SiLU) on the tensors of IN.h5",
                  kCausalConv1dHelp, run_causal_conv1d);
-  add_subcommand(op, "ssd", "Mamba-2's chunked SSD scan on the tensors of IN.h5", kSsdHelp, run_ssd);
-  add_subcommand(op, "gated_rms_norm", "Mamba-2's gated RMSNorm on the tensors of IN.h5", kGatedRmsNormHelp,
+  add_op_subcommand(op, "ssd", "Mamba-2's chunked SSD scan on the tensors of IN.h5", kSsdHelp, run_ssd);
+  add_op_subcommand(op, "gated_rms_norm", "Mamba-2's gated RMSNorm on the tensors of IN.h5", kGatedRmsNormHelp,
                  run_gated_rms_norm);
 }
 

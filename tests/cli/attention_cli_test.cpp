@@ -399,4 +399,11 @@ TEST_CASE("op attention names the file and the dataset of bad input on one line"
     writer.commit();
   }
   check_error(run(), {in.string(), "return_probabilities: must be 0 or 1, got 2"});
+  {
+    checkpoint::H5Writer writer(in.string());
+    for (const char* name : {"q", "k", "v"}) writer.write_tensor(name, testing::random({1, 2, 5, 4}, 1));
+    writer.write_int("casual", 1);  // misspelt: would otherwise run non-causal
+    writer.commit();
+  }
+  check_error(run(), {in.string(), "dataset 'casual' is not an input of this op"});
 }
