@@ -31,9 +31,9 @@
 // forward pass (probability full_probability of full), computes both outputs in every
 // sparse layer (those not in dense_layers), feeds the drawn one on, and adds alpha *
 // mean over the sparse layers of [SmoothL1(O_full, sg(O_sparse)) + SmoothL1(sg(O_full),
-// O_sparse)] as the auxiliary loss. Outside
-// training (eval, generation) the model attends by `inference`, which
-// `strata eval CHECKPOINT model.ssa.inference=full` overrides.
+// O_sparse)] as the auxiliary loss. Outside training (eval, generation) the model
+// attends by `inference`, which `strata eval CHECKPOINT model.ssa.inference=full`
+// overrides.
 //
 // Generation: start_decoding/decode keep a KV cache per layer and attend each new
 // token over it (every pattern but neighborhood).
@@ -216,8 +216,8 @@ class LlamaLM : public Model {
     return logits(x);
   }
 
-  // SSA: alpha * the mean over the sparse layers of the alignment losses of the last forward
-  // pass (undefined unless it trained with model.ssa.train = ssa).
+  // SSA: alpha * the mean over the sparse layers of the alignment losses of the last
+  // forward pass (undefined unless it trained with model.ssa.train = ssa).
   Tensor auxiliary_loss() override { return auxiliary_loss_; }
 
   Task task() const override { return Task::LanguageModel; }
