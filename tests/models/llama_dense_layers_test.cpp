@@ -13,6 +13,7 @@
 #include "strata/models/model.h"
 #include "strata/nn/attention.h"
 #include "support/check.h"
+#include "support/models.h"
 #include "support/decoding.h"
 
 using namespace strata;
@@ -25,11 +26,7 @@ const char* kTiny = "  vocab_size: 11\n  d_model: 16\n  n_heads: 4\n  n_kv_heads
 const char* kS2 = "  attention:\n    pattern: s2\n    vertical_stride: 2\n    dense_heads: 1\n";
 
 std::shared_ptr<models::Model> build(const std::string& model_keys, uint64_t seed = 0) {
-  Generator generator{seed, 0};
-  config::Config c = config::Config::from_yaml_string("model:\n  family: llama\n" + model_keys, "test recipe");
-  auto model = models::build_model(c, generator);
-  c.check_all_read();
-  return model;
+  return testing::build_model("llama", model_keys, seed);
 }
 
 std::string layers(int n_layers) { return "  n_layers: " + std::to_string(n_layers) + "\n"; }

@@ -14,6 +14,7 @@
 #include "strata/optim/grad_clip.h"
 #include "strata/optim/optimizer.h"
 #include "support/check.h"
+#include "support/models.h"
 #include "support/decoding.h"
 
 using namespace strata;
@@ -21,11 +22,7 @@ using namespace strata;
 namespace {
 
 std::shared_ptr<models::Model> build(const std::string& model_keys, uint64_t seed = 0) {
-  Generator generator{seed, 0};
-  config::Config c = config::Config::from_yaml_string("model:\n  family: llama\n" + model_keys, "test recipe");
-  auto model = models::build_model(c, generator);
-  c.check_all_read();
-  return model;
+  return testing::build_model("llama", model_keys, seed);
 }
 
 const char* kTiny = "  vocab_size: 11\n  d_model: 16\n  n_layers: 2\n  n_heads: 4\n  n_kv_heads: 2\n  mlp_ratio: 2\n";

@@ -13,6 +13,7 @@
 #include "strata/optim/grad_clip.h"
 #include "strata/optim/optimizer.h"
 #include "support/check.h"
+#include "support/models.h"
 #include "support/decoding.h"
 
 using namespace strata;
@@ -21,12 +22,7 @@ namespace {
 
 std::shared_ptr<models::Model> build(const std::string& model_keys, uint64_t seed = 0,
                                      const std::string& family = "mamba") {
-  Generator generator{seed, 0};
-  config::Config c =
-      config::Config::from_yaml_string("model:\n  family: " + family + "\n" + model_keys, "test recipe");
-  auto model = models::build_model(c, generator);
-  c.check_all_read();
-  return model;
+  return testing::build_model(family, model_keys, seed);
 }
 
 const char* kTiny = "  vocab_size: 11\n  d_model: 8\n  n_layers: 2\n  d_state: 4\n  d_conv: 3\n";
