@@ -12,10 +12,13 @@ fail() { echo "bundle_test: $*" >&2; exit 1; }
 for file in strata libstrata.so run-gpu-tests.sh tests/cli_test; do
   [[ -f "$out/$file" ]] || fail "$out/$file is missing"
 done
+# (ldd's output is kept rather than piped into grep -q, whose early exit would make
+# ldd fail with SIGPIPE under pipefail.)
+loaded=$(ldd "$out/strata")
 for lib in libyaml-cpp libhdf5; do
   compgen -G "$out/$lib*.so*" >/dev/null || fail "$lib was not bundled"
   # ldd names the copy next to the binary: the rpath finds it before the system's.
-  ldd "$out/strata" | grep -q "$lib[^ ]* => $(realpath "$out")/" || fail "strata does not load $lib from $out"
+  grep -q "$lib[^ ]* => $(realpath "$out")/" <<<"$loaded" || fail "strata does not load $lib from $out"
 done
 for lib in libc.so libstdc++ libcudart libcublas; do
   if compgen -G "$out/$lib*" >/dev/null; then fail "$lib must not be bundled"; fi
